@@ -1,0 +1,1 @@
+from .defaults import add_segx_config  # noqa: F401

@@ -8,6 +8,7 @@ the ``nvcc`` on PATH, which on some machines is a wrapper script outside the too
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -57,6 +58,12 @@ def get_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
     extra_compile_args = {"cxx": ["-O3"]}
+    extra_link_args = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inlined into our code: without -fopenmp its "omp parallel" is dropped and
+        # the CPU kernels run on one thread (torch links the same libgomp.so.1, so one runtime is shared).
+        extra_compile_args["cxx"].append("-fopenmp")
+        extra_link_args.append("-fopenmp")
     define_macros = []
     ext_cls = CppExtension
     if with_cuda:
@@ -71,6 +78,7 @@ def get_extensions():
             include_dirs=[os.path.join(here, "csrc")],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
         )
     ]
 

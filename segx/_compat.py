@@ -111,6 +111,10 @@ def bridge_detectron2_c():
     stand_in = types.ModuleType("detectron2._C")
     stand_in._segx_stand_in = True
     stand_in.__getattr__ = lambda name: _missing_op(name) if not name.startswith("__") else _raise_attr(name)
+    # detectron2.utils.collect_env reports these; say plainly that there is no build.
+    stand_in.get_compiler_version = lambda: "none: detectron2._C not built (segx stand-in)"
+    stand_in.get_cuda_version = lambda: "none: detectron2._C not built (segx stand-in)"
+    stand_in.has_cuda = lambda: False
     sys.modules["detectron2._C"] = stand_in
     detectron2._C = stand_in
     return True

@@ -1,0 +1,1 @@
+from .atomic import AtomicDetectionCheckpointer, atomic_torch_save  # noqa: F401

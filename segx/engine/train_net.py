@@ -1,0 +1,137 @@
+"""Training / evaluation entry point in detectron2's style (``tools/train_net.py`` and ``segx-train``).
+
+    segx-train --config-file configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml
+    segx-train --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    segx-train --config-file ... --num-gpus 2        # multi-process (NCCL on GPUs, GLOO on a CPU machine)
+    segx-train --config-file ... --resume            # continue a killed run from its last checkpoint
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+
+import segx  # noqa: F401  (compat bridges + registries, before detectron2's engine is used)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    verify_results,
+)
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from segx import _compat
+from segx.checkpoint import AtomicDetectionCheckpointer
+from segx.config import add_segx_config
+from segx.data.datasets import SYNTHETIC_SPECS, ensure_builtin_dataset
+
+__all__ = ["Trainer", "setup", "main", "cli", "build_evaluators_for"]
+
+logger = logging.getLogger("segx")
+
+
+def build_evaluators_for(cfg, dataset_name, output_folder=None):
+    """The evaluator(s) for ``dataset_name``: from ``cfg.SEGX.EVALUATOR`` or the metadata's ``evaluator_type``."""
+    if dataset_name in SYNTHETIC_SPECS:
+        ensure_builtin_dataset(dataset_name)  # evaluators read the JSON files
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    types = [t.strip() for t in cfg.SEGX.EVALUATOR.split(",") if t.strip()] or [meta.get("evaluator_type", None)]
+    evaluators = []
+    for etype in types:
+        if etype == "coco":
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        elif etype == "coco_panoptic_seg":
+            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            if cfg.MODEL.MASK_ON and meta.get("json_file", None):
+                evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        elif etype == "sem_seg":
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        else:
+            raise ValueError(
+                f"No evaluator for dataset '{dataset_name}': its metadata evaluator_type is {etype!r}; "
+                "set it when registering the dataset or set cfg.SEGX.EVALUATOR (coco, coco_panoptic_seg, sem_seg)."
+            )
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` with evaluators picked from dataset metadata and atomic checkpoints."""
+
+    def build_hooks(self):
+        if self.cfg.SEGX.ATOMIC_CHECKPOINTS:
+            old = self.checkpointer
+            self.checkpointer = AtomicDetectionCheckpointer(
+                old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+            )
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluators_for(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    """Config from ``--config-file`` and trailing ``KEY VALUE`` overrides; CPU when no GPU is present."""
+    cfg = get_cfg()
+    add_segx_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="segx")
+    if _compat.APPLIED:
+        logger.info("detectron2 compat bridges applied: %s", ", ".join(_compat.APPLIED))
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def _check_args(args):
+    if not args.config_file:
+        raise SystemExit("segx-train: --config-file is required (e.g. configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml)")
+    if not os.path.isfile(args.config_file):
+        raise SystemExit(f"segx-train: config file {args.config_file} does not exist")
+    if args.num_gpus < 1:
+        raise SystemExit(f"segx-train: --num-gpus must be >= 1, got {args.num_gpus}")
+    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+        raise SystemExit(f"segx-train: --num-gpus {args.num_gpus} but {torch.cuda.device_count()} GPUs are visible")
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    _check_args(args)
+    print("Command Line Args:", args)
+    # On a machine without GPUs, --num-gpus N runs N CPU processes (GLOO).
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()

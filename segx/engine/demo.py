@@ -1,0 +1,87 @@
+"""The main job on the embedded data (``make demo``): train a baseline briefly, evaluate it, draw predictions.
+
+    python tools/demo.py [--config-file configs/MaskRCNN/demo_mask_rcnn_R_18_FPN.yaml] [--output output/demo]
+
+Writes ``output/demo/pred_XXXX.png`` (ground truth | prediction, drawn with detectron2's ``Visualizer``) and
+``output/demo/metrics.json`` (the AP table); training logs progress every 20 iterations.
+"""
+import argparse
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+
+import segx  # noqa: F401
+from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from segx.engine.train_net import Trainer, setup
+
+__all__ = ["draw_predictions", "run_demo", "cli"]
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "MaskRCNN", "demo_mask_rcnn_R_18_FPN.yaml")
+
+
+def draw_predictions(cfg, predictor, dataset_name, output_dir, num_images, score_threshold, scale=3.0):
+    """Draws ground truth | predictions side by side for the first ``num_images`` of ``dataset_name``."""
+    os.makedirs(output_dir, exist_ok=True)
+    meta = MetadataCatalog.get(dataset_name)
+    paths = []
+    for record in DatasetCatalog.get(dataset_name)[:num_images]:
+        bgr = detection_utils.read_image(record["file_name"], format="BGR")
+        rgb = bgr[:, :, ::-1]
+        gt = Visualizer(rgb, meta, scale=scale).draw_dataset_dict(record).get_image()
+        inst = predictor(bgr if cfg.INPUT.FORMAT == "BGR" else rgb)["instances"].to("cpu")
+        inst = inst[inst.scores > score_threshold]
+        pred = Visualizer(rgb, meta, scale=scale, instance_mode=ColorMode.IMAGE).draw_instance_predictions(inst).get_image()
+        path = os.path.join(output_dir, f"pred_{record['image_id']:04d}.png")
+        gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
+        cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
+        paths.append(path)
+    return paths
+
+
+def run_demo(args):
+    cfg = setup(args)
+    if not args.skip_train:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    else:
+        weights = cfg.MODEL.WEIGHTS
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    results = Trainer.test(cfg, predictor.model)
+    dataset = cfg.DATASETS.TEST[0]
+    paths = draw_predictions(cfg, predictor, dataset, args.output, cfg.SEGX.VIS.NUM_IMAGES, cfg.SEGX.VIS.SCORE_THRESHOLD)
+    with open(os.path.join(args.output, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print("\n=== segx demo: AP on", dataset, "===")
+    for task, metrics in results.items():
+        print(f"{task:6s} " + "  ".join(f"{k}={v:.1f}" for k, v in metrics.items() if k in ("AP", "AP50", "AP75", "APs", "APm")))
+    print(f"drew {len(paths)} images (ground truth | prediction) into {os.path.abspath(args.output)}/")
+    return results
+
+
+def cli(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.normpath(DEFAULT_CONFIG))
+    parser.add_argument("--output", default="output/demo")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate and draw MODEL.WEIGHTS only")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    args.num_gpus, args.num_machines, args.machine_rank, args.eval_only = 1, 1, 0, args.skip_train
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return run_demo(args)
+
+
+if __name__ == "__main__":
+    cli()

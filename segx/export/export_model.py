@@ -166,10 +166,14 @@ def cli(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", default="output/export", help="folder for model.ts / model.onnx")
-    parser.add_argument("--format", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    parser.add_argument("--format", default="torchscript,onnx", help="comma-separated: torchscript, onnx")
     parser.add_argument("--sample-image", default=None, help="image to trace on (default: first test image)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS x.pth")
     args = parser.parse_args(argv)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("torchscript", "onnx")]
+    if bad or not formats:
+        raise SystemExit(f"segx-export: --format {args.format!r}: expected a comma-separated list of torchscript, onnx")
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"segx-export: config file {args.config_file} does not exist")
     logging.basicConfig(level=logging.INFO)
@@ -184,7 +188,7 @@ def cli(argv=None):
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
-    report = export_model(model, sample_input(cfg, args.sample_image), args.output, tuple(args.format))
+    report = export_model(model, sample_input(cfg, args.sample_image), args.output, formats)
     print(report.summary())
     if report.onnx_error:
         raise SystemExit(1)

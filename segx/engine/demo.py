@@ -46,19 +46,20 @@ def draw_predictions(cfg, predictor, dataset_name, output_dir, num_images, score
 
 def run_demo(args):
     cfg = setup(args)
+    results = None
     if not args.skip_train:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
-        weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    else:
-        weights = cfg.MODEL.WEIGHTS
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = weights
-    cfg.freeze()
+        # detectron2 evaluated the test sets at the end of training (EvalHook); reuse that result
+        results = getattr(trainer, "_last_eval_results", None)
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+        cfg.freeze()
     predictor = DefaultPredictor(cfg)
-    results = Trainer.test(cfg, predictor.model)
+    if not results:
+        results = Trainer.test(cfg, predictor.model)
     dataset = cfg.DATASETS.TEST[0]
     paths = draw_predictions(cfg, predictor, dataset, args.output, cfg.SEGX.VIS.NUM_IMAGES, cfg.SEGX.VIS.SCORE_THRESHOLD)
     with open(os.path.join(args.output, "metrics.json"), "w") as f:

@@ -302,8 +302,8 @@ def bridge_launch_cpu():
     if worker is _distributed_worker_any_backend:
         return True
     src = inspect.getsource(worker)
-    if "GLOO" in src.upper().replace("NCCL", "") or "gloo" in src:
-        return False  # main picks GLOO itself
+    if "gloo" in src.lower():
+        return False  # detectron2 main picks GLOO itself
     launch_mod._distributed_worker = _distributed_worker_any_backend
     return True
 

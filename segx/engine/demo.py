@@ -11,7 +11,6 @@ import os
 
 import cv2
 import numpy as np
-import torch
 
 import segx  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
@@ -80,7 +79,6 @@ def cli(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     args.num_gpus, args.num_machines, args.machine_rank, args.eval_only = 1, 1, 0, args.skip_train
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     return run_demo(args)
 
 

@@ -92,6 +92,24 @@ def test_parity_batched_and_non_contiguous():
 
 
 @needs_ext
+@pytest.mark.parametrize("k", [32, 13])
+@pytest.mark.parametrize("crop", [True, False])
+def test_parity_float32_wide_boxes(k, crop):
+    """float32 boxes 1..70 pixels wide (the CPU AVX2 path's 32-, 8-column and masked-tail blocks), k not a
+    multiple of the 8-prototype (grad_coeffs) and 4-plane (grad_protos) blocks, two images."""
+    torch.manual_seed(7)
+    B, N, H, W = 2, 24, 45, 75
+    protos = torch.randn(B, k, H, W)
+    coeffs = torch.randn(N, k)
+    g = torch.Generator().manual_seed(7)
+    wh = torch.rand(N, 2, generator=g) * torch.tensor([70.0, 40.0]) + 0.6
+    xy = torch.rand(N, 2, generator=g) * (torch.tensor([W, H]) - wh)
+    boxes = torch.cat([xy, xy + wh], 1)
+    batch_idx = torch.arange(N) % B
+    _check(protos, coeffs, boxes, batch_idx, crop=crop)
+
+
+@needs_ext
 def test_gradcheck_kernel():
     torch.manual_seed(3)
     protos = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)

@@ -56,6 +56,23 @@ def test_parity_ties(direction):
     torch.testing.assert_close(gk, gr, rtol=1e-12, atol=1e-12)
 
 
+@needs_ext
+@pytest.mark.parametrize("direction", DIRS)
+@pytest.mark.parametrize("shape", [(1, 2, 16, 32), (2, 1, 19, 40), (1, 1, 8, 13), (1, 64, 128, 128)])
+def test_parity_float32_ties(direction, shape):
+    """float32 with many ties and -inf: the CPU AVX2 left/right paths (full 8x8 blocks, row and column tails,
+    and streaming stores for outputs of >= 4 MiB) route values and gradients like the reference."""
+    torch.manual_seed(8)
+    x = torch.randint(0, 3, shape).float()
+    x[..., 1, :] = float("-inf")
+    x[..., :, 2] = float("-inf")
+    g = torch.randn(shape)
+    ok, gk = _grads(corner_pool, x, direction, g)
+    orf, gr = _grads(corner_pool_reference, x, direction, g)
+    assert torch.equal(ok, orf)
+    torch.testing.assert_close(gk, gr)
+
+
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
 def test_tie_rule_by_hand(impl):
     """On ties the gradient goes to the tied element met first, scanning from the far end."""

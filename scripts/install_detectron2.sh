@@ -26,7 +26,7 @@ if GIT_TERMINAL_PROMPT=0 timeout 1200 "$PY" -m pip install -q --no-build-isolati
   echo "[segx setup] installed official detectron2 from git"
   exit 0
 fi
-echo "[segx setup] official source unreachable ($(tail -n 1 /tmp/segx-d2-git.log)); falling back to PyPI pb1-detectron2==0.6 (v0.6 Python sources)"
+echo "[segx setup] official source unavailable ($(grep -m1 -iE 'fatal|could not|error:' /tmp/segx-d2-git.log || tail -n 1 /tmp/segx-d2-git.log)); falling back to PyPI pb1-detectron2==0.6 (v0.6 Python sources)"
 
 # pip 26 refuses this sdist (URL extra in its metadata); its metadata step needs wheel + setuptools<81.
 "$PY" -m pip install -q "pip<=25.2" wheel "setuptools<81"

@@ -62,6 +62,8 @@ def make_tracing_adapter(model, image):
 
 
 def _max_abs_diff(ref, out):
+    if len(ref) != len(out):
+        raise AssertionError(f"{len(out)} outputs, eager has {len(ref)}")
     diffs = []
     for i, (a, b) in enumerate(zip(ref, out)):
         a = a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
@@ -69,8 +71,6 @@ def _max_abs_diff(ref, out):
         if a.shape != b.shape:
             raise AssertionError(f"output {i}: shape {b.shape} differs from eager {a.shape}")
         diffs.append(float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
-    if len(ref) != len(out):
-        raise AssertionError(f"{len(out)} outputs, eager has {len(ref)}")
     return diffs
 
 

@@ -59,7 +59,6 @@ def _check_segmentation(segm, where):
     if not isinstance(segm, list):
         return [f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}"]
     problems = []
-    valid = 0
     for k, poly in enumerate(segm):
         if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
             problems.append(f"{where}: polygon {k} is not a flat list of numbers")
@@ -69,8 +68,6 @@ def _check_segmentation(segm, where):
             problems.append(f"{where}: polygon {k} has {len(poly) // 2} points (a polygon needs at least 3)")
         elif not all(math.isfinite(v) for v in poly):
             problems.append(f"{where}: polygon {k} has non-finite coordinates")
-        else:
-            valid += 1
     if not segm:
         problems.append(f"{where}: empty segmentation list")
     return problems

@@ -8,7 +8,7 @@ from segx import _compat
 _compat.apply_all()
 
 from segx import _ext  # noqa: E402,F401
-from segx import config, data, modeling  # noqa: E402,F401
+from segx import config, data, evaluation, modeling  # noqa: E402,F401
 from segx.config import add_segx_config  # noqa: E402,F401
 
 __version__ = "0.1.0"

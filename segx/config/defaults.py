@@ -1,13 +1,20 @@
 """segx's config nodes, added to a detectron2 config by ``add_segx_config`` (never edits detectron2's defaults)."""
 from detectron2.config import CfgNode as CN
 
+from segx.config.yolact import add_yolact_config
+from segx.config.cornernet import add_cornernet_config
+from segx.config.centernet import add_centernet_config
+from segx.config.hourglass import add_hourglass_config
+from segx.config.retinaface import add_retinaface_config
+from segx.config.upsnet import add_upsnet_config
+
 __all__ = ["add_segx_config"]
 
 
 def add_segx_config(cfg):
     """Adds segx's keys to ``cfg`` in place (idempotent) and returns it.
 
-    Architecture nodes (``cfg.MODEL.<ARCH>``) are added here as the architectures land.
+    Each architecture keeps its keys (``cfg.MODEL.<ARCH>``) in its own ``segx/config/<arch>.py``.
     """
     if "SEGX" in cfg:
         return cfg
@@ -22,4 +29,10 @@ def add_segx_config(cfg):
     cfg.SEGX.VIS = CN()
     cfg.SEGX.VIS.NUM_IMAGES = 8
     cfg.SEGX.VIS.SCORE_THRESHOLD = 0.5
+    add_yolact_config(cfg)
+    add_cornernet_config(cfg)
+    add_centernet_config(cfg)
+    add_hourglass_config(cfg)
+    add_retinaface_config(cfg)
+    add_upsnet_config(cfg)
     return cfg

@@ -16,13 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import (
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-    verify_results,
-)
+from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -30,6 +24,7 @@ from segx import _compat
 from segx.checkpoint import AtomicDetectionCheckpointer
 from segx.config import add_segx_config
 from segx.data.datasets import SYNTHETIC_SPECS, ensure_builtin_dataset
+from segx.evaluation import build_evaluator_by_type
 
 __all__ = ["Trainer", "setup", "main", "cli", "build_evaluators_for"]
 
@@ -45,19 +40,7 @@ def build_evaluators_for(cfg, dataset_name, output_folder=None):
     types = [t.strip() for t in cfg.SEGX.EVALUATOR.split(",") if t.strip()] or [meta.get("evaluator_type", None)]
     evaluators = []
     for etype in types:
-        if etype == "coco":
-            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
-        elif etype == "coco_panoptic_seg":
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-            if cfg.MODEL.MASK_ON and meta.get("json_file", None):
-                evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
-        elif etype == "sem_seg":
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
-        else:
-            raise ValueError(
-                f"No evaluator for dataset '{dataset_name}': its metadata evaluator_type is {etype!r}; "
-                "set it when registering the dataset or set cfg.SEGX.EVALUATOR (coco, coco_panoptic_seg, sem_seg)."
-            )
+        evaluators.extend(build_evaluator_by_type(etype, cfg, dataset_name, output_folder))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 

@@ -1,0 +1,43 @@
+"""Config keys of RetinaFace (``cfg.MODEL.RETINAFACE``)."""
+from detectron2.config import CfgNode as CN
+
+
+def add_retinaface_config(cfg):
+    """Adds the RetinaFace keys to ``cfg`` in place."""
+    cfg.MODEL.RETINAFACE = CN()
+    # Backbone features fed to the FPN, finest first (strides 8, 16, 32): "stage1..3" for
+    # build_mobilenet_v1_backbone, "res3".."res5" for build_resnet_backbone (set RESNETS.OUT_FEATURES to match).
+    cfg.MODEL.RETINAFACE.IN_FEATURES = ["stage1", "stage2", "stage3"]
+    # Norm of the MobileNet backbone ("BN" as the official code, "GN", "FrozenBN", ...).
+    cfg.MODEL.RETINAFACE.BACKBONE_NORM = "BN"
+    # Channel multiplier on top of MobileNet-0.25 (1.0 = the official "mobilenet0.25").
+    cfg.MODEL.RETINAFACE.MOBILENET_WIDTH = 1.0
+    # Channels of the FPN / SSH / heads (official: 64 for mobilenet0.25, 256 for Resnet50).
+    cfg.MODEL.RETINAFACE.OUT_CHANNELS = 64
+    # Norm of FPN and SSH convs.
+    cfg.MODEL.RETINAFACE.NORM = "BN"
+    # LeakyReLU slope in FPN/SSH; -1 = the official rule (0.1 when OUT_CHANNELS <= 64, else 0 i.e. ReLU).
+    cfg.MODEL.RETINAFACE.LEAKY = -1.0
+    # Prior (anchor) sizes in input pixels per level, and the level strides; 2 square priors per location.
+    cfg.MODEL.RETINAFACE.MIN_SIZES = [[16, 32], [64, 128], [256, 512]]
+    cfg.MODEL.RETINAFACE.STEPS = [8, 16, 32]
+    # Clamp the normalised priors to [0, 1] (official "clip", off).
+    cfg.MODEL.RETINAFACE.CLIP_PRIORS = False
+    # SSD coding variances for boxes and landmarks.
+    cfg.MODEL.RETINAFACE.VARIANCES = [0.1, 0.2]
+    # Number of landmarks per face (5: eyes, nose tip, mouth corners).
+    cfg.MODEL.RETINAFACE.NUM_LANDMARKS = 5
+    # Matching: IoU >= this → positive, else background; each GT also gets its best prior when that IoU >= MIN_FORCE_IOU.
+    cfg.MODEL.RETINAFACE.MATCH_IOU = 0.35
+    cfg.MODEL.RETINAFACE.MIN_FORCE_IOU = 0.2
+    # Hard negatives per positive in the classification loss.
+    cfg.MODEL.RETINAFACE.NEG_POS_RATIO = 7
+    # Loss weights: loss = BOX_WEIGHT·box + CLS_WEIGHT·cls + LANDMARK_WEIGHT·landmark (official 2, 1, 1).
+    cfg.MODEL.RETINAFACE.BOX_WEIGHT = 2.0
+    cfg.MODEL.RETINAFACE.CLS_WEIGHT = 1.0
+    cfg.MODEL.RETINAFACE.LANDMARK_WEIGHT = 1.0
+    # Inference: score threshold, candidates kept before NMS, NMS IoU, detections kept after NMS.
+    cfg.MODEL.RETINAFACE.SCORE_THRESH_TEST = 0.02
+    cfg.MODEL.RETINAFACE.TOPK_CANDIDATES_TEST = 5000
+    cfg.MODEL.RETINAFACE.NMS_THRESH_TEST = 0.4
+    cfg.MODEL.RETINAFACE.DETECTIONS_PER_IMAGE = 750

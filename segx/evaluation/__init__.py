@@ -1,0 +1,9 @@
+"""Evaluators beyond detectron2's, and the table that maps a dataset's ``evaluator_type`` to one.
+
+``tools/train_net.py`` builds the evaluator of a test set from its metadata ``evaluator_type`` (or from
+``cfg.SEGX.EVALUATOR``) by looking it up here; each architecture's evaluator registers itself with
+``register_evaluator_type`` when its module is imported.
+"""
+from segx.evaluation.registry import EVALUATOR_TYPES, build_evaluator_by_type, register_evaluator_type
+
+__all__ = ["EVALUATOR_TYPES", "build_evaluator_by_type", "register_evaluator_type"]

@@ -1,0 +1,49 @@
+"""``evaluator_type`` (dataset metadata) → builder of a detectron2 ``DatasetEvaluator``."""
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
+
+__all__ = ["EVALUATOR_TYPES", "register_evaluator_type", "build_evaluator_by_type"]
+
+# name -> builder(cfg, dataset_name, output_folder) -> DatasetEvaluator | list[DatasetEvaluator]
+EVALUATOR_TYPES = {}
+
+
+def register_evaluator_type(name, builder=None):
+    """Registers ``builder(cfg, dataset_name, output_folder)`` for datasets whose ``evaluator_type`` is
+    ``name``. Usable as a decorator. Re-registering a name replaces the builder."""
+    if builder is None:
+        return lambda fn: register_evaluator_type(name, fn)
+    if not callable(builder):
+        raise TypeError(f"register_evaluator_type({name!r}): builder must be callable, got {type(builder).__name__}")
+    EVALUATOR_TYPES[name] = builder
+    return builder
+
+
+def build_evaluator_by_type(name, cfg, dataset_name, output_folder):
+    """The evaluator(s) registered under ``name`` as a list."""
+    if name not in EVALUATOR_TYPES:
+        raise ValueError(
+            f"No evaluator for dataset '{dataset_name}': its evaluator_type is {name!r}; set it when registering "
+            f"the dataset or set cfg.SEGX.EVALUATOR to one of {sorted(EVALUATOR_TYPES)}."
+        )
+    out = EVALUATOR_TYPES[name](cfg, dataset_name, output_folder)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@register_evaluator_type("coco")
+def _coco(cfg, dataset_name, output_folder):
+    return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+@register_evaluator_type("coco_panoptic_seg")
+def _coco_panoptic(cfg, dataset_name, output_folder):
+    from detectron2.data import MetadataCatalog
+
+    evaluators = [COCOPanopticEvaluator(dataset_name, output_folder)]
+    if cfg.MODEL.MASK_ON and MetadataCatalog.get(dataset_name).get("json_file", None):
+        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+    return evaluators
+
+
+@register_evaluator_type("sem_seg")
+def _sem_seg(cfg, dataset_name, output_folder):
+    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)

@@ -1,0 +1,1 @@
+"""CenterNet: objects as points (Zhou et al. 2019)."""

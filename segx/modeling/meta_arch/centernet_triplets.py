@@ -1,0 +1,1 @@
+"""CenterNet: keypoint triplets (Duan et al. 2019)."""

@@ -1,0 +1,1 @@
+"""CornerNet (Law & Deng 2018)."""

@@ -1,0 +1,1 @@
+"""RetinaFace (Deng et al. 2019)."""

@@ -1,0 +1,1 @@
+"""Stacked Hourglass landmarks (Newell et al. 2016)."""

@@ -1,0 +1,1 @@
+"""UPSNet (Xiong et al. 2019)."""

@@ -1,0 +1,1 @@
+"""YOLACT / YOLACT++ (Bolya et al. 2019)."""

@@ -41,5 +41,15 @@ def test_add_segx_config_is_idempotent_and_leaves_detectron2_defaults():
     cfg = add_segx_config(add_segx_config(get_cfg()))
     assert cfg.SEGX.ATOMIC_CHECKPOINTS is True
     assert "SEGX" not in get_cfg()
-    for key in base:
-        assert cfg[key] == base[key]
+    def same_on_detectron2_keys(ours, theirs, path="cfg"):
+        for key, value in theirs.items():
+            if isinstance(value, dict):
+                same_on_detectron2_keys(ours[key], value, f"{path}.{key}")
+            else:
+                assert ours[key] == value, f"{path}.{key} changed: {ours[key]!r} != {value!r}"
+
+    same_on_detectron2_keys(cfg, base)
+    # segx's own nodes are new keys: one per architecture under MODEL, plus SEGX
+    added = sorted(k for k in cfg.MODEL if k not in base.MODEL)
+    assert added and all(isinstance(cfg.MODEL[k], type(cfg.MODEL)) for k in added), added
+    assert sorted(k for k in cfg if k not in base) == ["SEGX"]

@@ -7,3 +7,5 @@
 from segx.evaluation.registry import EVALUATOR_TYPES, build_evaluator_by_type, register_evaluator_type
 
 __all__ = ["EVALUATOR_TYPES", "build_evaluator_by_type", "register_evaluator_type"]
+from segx.evaluation import pck  # noqa: F401,E402  (registers evaluator_type "pck": PCKEvaluator)
+from segx.evaluation import face  # noqa: F401,E402  (registers evaluator_type "face": FaceEvaluator)

@@ -1,0 +1,81 @@
+"""CPU inference time per image of RetinaFace vs the Faster R-CNN R-18 baseline, measured in one process.
+
+    python benchmarks/retinaface.py --num-images 30 --sizes 128 640 \
+        --retinaface output/retinaface_mnet025_synthetic/model_final.pth \
+        --faster output/faster_rcnn_R_18_FPN_scratch/model_final.pth
+
+Both models run on the same synthetic face validation images (segx_faces_val), resized by both to the same
+shortest edge (each ``--sizes`` entry; the images are square, so the input is size × size), interleaved image by
+image so that load on a shared machine hits both alike, through detectron2's ``DefaultPredictor`` (resize +
+model + decode + NMS + rescale, batch 1). Prints the median ms per image and the ratio RetinaFace / Faster
+R-CNN per size. ``--retinaface-config`` picks the RetinaFace variant (e.g. the ResNet-50 paper config, random
+weights unless given).
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import segx  # noqa: F401
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, detection_utils
+from detectron2.engine import DefaultPredictor
+
+from segx.config import add_segx_config
+
+
+def _predictor(config, weights, size):
+    cfg = get_cfg()
+    add_segx_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = weights or ""
+    cfg.INPUT.MIN_SIZE_TEST = size
+    cfg.INPUT.MAX_SIZE_TEST = max(size, cfg.INPUT.MAX_SIZE_TEST)
+    cfg.freeze()
+    return DefaultPredictor(cfg)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--retinaface-config", default="configs/RetinaFace/retinaface_mnet025_synthetic.yaml")
+    p.add_argument("--faster-config", default="configs/MaskRCNN/faster_rcnn_R_18_FPN_scratch.yaml")
+    p.add_argument("--retinaface", default="", help="RetinaFace weights (default: random init)")
+    p.add_argument("--faster", default="", help="Faster R-CNN weights (default: random init)")
+    p.add_argument("--dataset", default="segx_faces_val")
+    p.add_argument("--num-images", type=int, default=30)
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 640])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = [detection_utils.read_image(d["file_name"], format="BGR")
+              for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
+    print(f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads")
+    print("| input | RetinaFace ms / image | Faster R-CNN R-18 ms / image | ratio RetinaFace / Faster R-CNN |")
+    print("|---|---:|---:|---:|")
+    ratios = {}
+    for size in args.sizes:
+        models = {
+            "retinaface": _predictor(args.retinaface_config, args.retinaface, size),
+            "faster": _predictor(args.faster_config, args.faster, size),
+        }
+        times = {k: [] for k in models}
+        with torch.no_grad():
+            for img in images[:3]:  # warm-up
+                for pred in models.values():
+                    pred(img)
+            for img in images:
+                for name, pred in models.items():
+                    t0 = time.perf_counter()
+                    pred(img)
+                    times[name].append((time.perf_counter() - t0) * 1000)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratios[size] = med["retinaface"] / med["faster"]
+        print(f"| {size}×{size} | {med['retinaface']:.1f} | {med['faster']:.1f} | {ratios[size]:.2f} |")
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

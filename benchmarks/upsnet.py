@@ -1,0 +1,102 @@
+"""Inference and training time of UPSNet vs detectron2's PanopticFPN (same R-18 settings), in one process.
+
+    python benchmarks/upsnet.py --num-images 30 --train-iters 5 \
+        --upsnet output/upsnet_R_18_FPN_scratch/model_final.pth \
+        --panoptic-fpn output/panoptic_fpn_R_18_FPN_scratch/model_final.pth
+
+Both run on the same synthetic panoptic validation images, interleaved image by image (load on a shared
+machine hits both alike), through detectron2's ``DefaultPredictor`` (resize + model + panoptic merge, batch 1).
+Prints median ms per image and the ratio UPSNet / PanopticFPN; ``--train-iters N`` also times N training steps
+of each on the same batches (``benchmarks/rcnn_baselines.train_step_times``). ``--dcn`` adds the UPSNet
+variant with the paper's deformable semantic head (random weights unless ``--upsnet-dcn``). ``--chance``
+only prints the PQ of trivial predictions (every pixel one stuff class), the chance level of the model card.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import segx  # noqa: F401
+from detectron2.data import DatasetCatalog, detection_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rcnn_baselines import _predictor, train_step_times  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--upsnet-config", default="configs/UPSNet/upsnet_R_18_FPN_scratch.yaml")
+    p.add_argument("--panoptic-fpn-config", default="configs/PanopticFPN/panoptic_fpn_R_18_FPN_scratch.yaml")
+    p.add_argument("--upsnet", default="", help="UPSNet weights (default: random init)")
+    p.add_argument("--panoptic-fpn", default="", help="PanopticFPN weights (default: random init)")
+    p.add_argument("--dcn", action="store_true", help="also time UPSNet with the deformable semantic head")
+    p.add_argument("--upsnet-dcn", default="", help="weights of the deformable variant")
+    p.add_argument("--dataset", default="segx_shapes_panoptic_val_separated")
+    p.add_argument("--num-images", type=int, default=30)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--train-iters", type=int, default=0)
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--chance", action="store_true", help="only print the PQ of one-stuff-class predictions")
+    args = p.parse_args(argv)
+    if args.chance:
+        return chance_pq(args.dataset)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {"UPSNet": _predictor(args.upsnet_config, args.upsnet),
+              "PanopticFPN": _predictor(args.panoptic_fpn_config, args.panoptic_fpn)}
+    if args.dcn:
+        models["UPSNet (deformable)"] = _predictor(args.upsnet_config.replace(".yaml", "_dcn.yaml"), args.upsnet_dcn)
+    images = [detection_utils.read_image(d["file_name"], format="BGR") for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
+    times = {k: [] for k in models}
+    for img in images[:2]:  # warm-up
+        for pred in models.values():
+            pred(img)
+    for img in images:
+        for name, pred in models.items():
+            t0 = time.perf_counter()
+            pred(img)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads")
+    print("| model | median ms / image |")
+    print("|---|---:|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"ratio UPSNet / PanopticFPN: {med['UPSNet'] / med['PanopticFPN']:.2f}")
+    if args.train_iters:
+        train = train_step_times({k: v.cfg for k, v in models.items()}, args.train_iters, args.train_batch)
+        print(f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)")
+        print("| model | median s / iteration |")
+        print("|---|---:|")
+        for k, v in train.items():
+            print(f"| {k} | {v:.2f} |")
+        print(f"ratio UPSNet / PanopticFPN: {train['UPSNet'] / train['PanopticFPN']:.2f}")
+    return med
+
+
+def chance_pq(dataset, output_dir="output/upsnet_chance"):
+    """PQ (COCOPanopticEvaluator) of predicting every pixel as one stuff class, for each stuff class."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import COCOPanopticEvaluator
+
+    dicts = DatasetCatalog.get(dataset)
+    labels = sorted(v for v in MetadataCatalog.get(dataset).stuff_dataset_id_to_contiguous_id.values() if v > 0)
+    out = {}
+    for label in labels:
+        ev = COCOPanopticEvaluator(dataset, output_dir)
+        ev.reset()
+        for d in dicts:
+            seg = torch.ones((d["height"], d["width"]), dtype=torch.int32)
+            ev.process([{"file_name": d["file_name"], "image_id": d["image_id"]}],
+                       [{"panoptic_seg": (seg, [{"id": 1, "isthing": False, "category_id": label}])}])
+        out[label] = ev.evaluate()["panoptic_seg"]
+        print(f"all pixels stuff label {label}: PQ {out[label]['PQ']:.2f}  PQ_th {out[label]['PQ_th']:.2f}  "
+              f"PQ_st {out[label]['PQ_st']:.2f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

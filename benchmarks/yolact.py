@@ -1,0 +1,107 @@
+"""CPU inference (and optionally training-step) time of YOLACT vs the Mask R-CNN baseline, in one process.
+
+    python benchmarks/yolact.py --num-images 50 \
+        --yolact output/yolact_R_18_FPN_scratch/model_final.pth \
+        --mask   output/mask_rcnn_R_18_FPN_scratch/model_final.pth [--train-iters 10]
+
+Both models run on the same synthetic validation images (128×128, so both see a 128×128 input), interleaved
+image by image so that load on a shared machine hits both alike, through detectron2's ``DefaultPredictor``
+(resize + model + postprocess to full-image masks, batch 1). Prints the median ms per image of each and the
+ratio YOLACT / Mask R-CNN. ``--train-iters N`` also times N training steps of each on the same batches
+(``benchmarks/rcnn_baselines.py``'s ``train_step_times``).
+
+The DESIGN.md §6 setting (550² input, random weights, thresholds at 0 so postprocessing handles 100 detections):
+
+    python benchmarks/yolact.py --num-images 10 --size 550 \
+        --yolact-config configs/YOLACT/yolact_R_50_FPN_550.yaml --yolact-opts MODEL.YOLACT.SCORE_THRESH_TEST 0 \
+        --mask-config configs/MaskRCNN/mask_rcnn_R_50_FPN_scratch.yaml \
+        --mask-opts MODEL.ROI_HEADS.SCORE_THRESH_TEST 0 TEST.DETECTIONS_PER_IMAGE 100 INPUT.MIN_SIZE_TEST 550
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import segx  # noqa: F401
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, detection_utils
+from detectron2.engine import DefaultPredictor
+
+from segx.config import add_segx_config
+
+
+def _predictor(config, weights, opts=()):
+    cfg = get_cfg()
+    add_segx_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = weights or ""
+    cfg.freeze()
+    return DefaultPredictor(cfg)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--yolact-config", default="configs/YOLACT/yolact_R_18_FPN_scratch.yaml")
+    p.add_argument("--mask-config", default="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml")
+    p.add_argument("--yolact", default="", help="YOLACT weights (default: random init)")
+    p.add_argument("--mask", default="", help="Mask R-CNN weights (default: random init)")
+    p.add_argument("--dataset", default="segx_shapes_val")
+    p.add_argument("--num-images", type=int, default=50)
+    p.add_argument("--size", type=int, default=0, help="time on random size×size images instead of the dataset's")
+    p.add_argument("--yolact-opts", nargs="*", default=[], help="config overrides KEY VALUE for YOLACT")
+    p.add_argument("--mask-opts", nargs="*", default=[], help="config overrides KEY VALUE for Mask R-CNN")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--train-iters", type=int, default=0, help="also time this many training steps per model")
+    p.add_argument("--train-batch", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {"YOLACT": _predictor(args.yolact_config, args.yolact, args.yolact_opts),
+              "Mask R-CNN": _predictor(args.mask_config, args.mask, args.mask_opts)}
+    if args.size:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.num_images)]
+    else:
+        images = [detection_utils.read_image(d["file_name"], format="BGR")
+                  for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
+    times = {k: [] for k in models}
+    dets = {k: [] for k in models}
+    for img in images[:3]:  # warm-up
+        for pred in models.values():
+            pred(img)
+    for img in images:
+        for name, pred in models.items():
+            t0 = time.perf_counter()
+            out = pred(img)
+            times[name].append((time.perf_counter() - t0) * 1000)
+            dets[name].append(len(out["instances"]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    source = f"random {args.size}x{args.size}" if args.size else args.dataset
+    print(f"{len(images)} images of {source}, batch 1, CPU, {torch.get_num_threads()} threads")
+    print("| model | median ms / image | mean detections / image |")
+    print("|---|---:|---:|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.1f} | {sum(dets[k]) / len(dets[k]):.1f} |")
+    print(f"ratio YOLACT / Mask R-CNN: {med['YOLACT'] / med['Mask R-CNN']:.2f}")
+    if args.train_iters:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from rcnn_baselines import train_step_times
+
+        train = train_step_times({k: v.cfg for k, v in models.items()}, args.train_iters, args.train_batch)
+        print(f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)")
+        print("| model | median s / iteration |")
+        print("|---|---:|")
+        for k, v in train.items():
+            print(f"| {k} | {v:.2f} |")
+        print(f"ratio YOLACT / Mask R-CNN: {train['YOLACT'] / train['Mask R-CNN']:.2f}")
+    return med
+
+
+if __name__ == "__main__":
+    main()

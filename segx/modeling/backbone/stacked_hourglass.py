@@ -1,0 +1,149 @@
+"""The Stacked Hourglass network (Newell, Yang & Deng, ECCV 2016, "Stacked Hourglass Networks for Human Pose
+Estimation"), written after the paper and the layer layout of princeton-vl/pose-hg-train (``src/models/hg.lua``,
+``layers/Residual.lua``) and princeton-vl/pytorch_stacked_hourglass (``models/posenet.py``).
+
+Not the CornerNet Hourglass-104 (``segx/modeling/backbone/hourglass.py``): that one uses post-activation
+residuals with strided convs; this one pre-activation bottlenecks, max-pool down and nearest up.
+
+Shapes: input ``[B,3,S,S]`` → stem (7×7 stride-2 conv, residual, max-pool, 2 residuals) → ``[B,F,S/4,S/4]``
+→ ``num_stacks`` hourglasses, each followed by a residual, a 1×1 conv+BN+ReLU ("lin") and a 1×1 conv to the
+K heatmaps; between stacks the features and the predictions are mapped back by 1×1 convs and added
+(intermediate supervision).
+"""
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["PreActResidual", "Hourglass", "StackedHourglassNet", "RegressionHead"]
+
+
+def _bn(channels):
+    return nn.BatchNorm2d(channels)
+
+
+class PreActResidual(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-1×1(C/2) → BN-ReLU-3×3(C/2) → BN-ReLU-1×1(C), plus the input
+    (through a 1×1 conv when the widths differ). ``[B,Cin,H,W]`` → ``[B,Cout,H,W]``."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        mid = out_channels // 2
+        self.bn1, self.conv1 = _bn(in_channels), nn.Conv2d(in_channels, mid, 1)
+        self.bn2, self.conv2 = _bn(mid), nn.Conv2d(mid, mid, 3, padding=1)
+        self.bn3, self.conv3 = _bn(mid), nn.Conv2d(mid, out_channels, 1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x):
+        y = self.conv1(F.relu(self.bn1(x)))
+        y = self.conv2(F.relu(self.bn2(y)))
+        y = self.conv3(F.relu(self.bn3(y)))
+        return y + (x if self.skip is None else self.skip(x))
+
+
+def _residuals(channels, n):
+    return nn.Sequential(*[PreActResidual(channels, channels) for _ in range(n)])
+
+
+class Hourglass(nn.Module):
+    """One hourglass of recursion ``depth``: ``up = res(x)``; ``low = res(maxpool2(x))`` → inner hourglass
+    (or residuals at the bottom) → res → nearest ×2 upsample; out = up + low. Spatial sizes must be
+    divisible by 2**depth. ``[B,C,H,W]`` → ``[B,C,H,W]``."""
+
+    def __init__(self, depth, channels, num_modules=1):
+        super().__init__()
+        self.up1 = _residuals(channels, num_modules)
+        self.low1 = _residuals(channels, num_modules)
+        self.low2 = Hourglass(depth - 1, channels, num_modules) if depth > 1 else _residuals(channels, num_modules)
+        self.low3 = _residuals(channels, num_modules)
+
+    def forward(self, x):
+        up = self.up1(x)
+        low = self.low3(self.low2(self.low1(F.max_pool2d(x, 2, stride=2))))
+        return up + F.interpolate(low, scale_factor=2.0, mode="nearest")
+
+
+class RegressionHead(nn.Module):
+    """Coordinate regression from a stack's features: two 3×3 stride-2 conv+BN+ReLU (to 1/4 of the heatmap
+    resolution), flatten, a hidden linear layer and a linear layer to ``[B,K,2]`` normalised crop coordinates
+    ((-1,-1) top-left, (1,1) bottom-right corner of the crop)."""
+
+    def __init__(self, channels, num_keypoints, heatmap_size, hidden=256):
+        super().__init__()
+        if heatmap_size % 4:
+            raise ValueError(f"RegressionHead: heatmap_size must be divisible by 4, got {heatmap_size}")
+        mid = max(channels // 4, 16)
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, mid, 3, stride=2, padding=1, bias=False), _bn(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, stride=2, padding=1, bias=False), _bn(mid), nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Sequential(
+            nn.Linear(mid * (heatmap_size // 4) ** 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_keypoints * 2)
+        )
+        nn.init.zeros_(self.fc[-1].weight)  # start at the crop centre
+        nn.init.zeros_(self.fc[-1].bias)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, x):
+        return self.fc(self.convs(x).flatten(1)).reshape(x.shape[0], self.num_keypoints, 2)
+
+
+class StackedHourglassNet(nn.Module):
+    """``forward(x [B,3,S,S])`` → (list of ``num_stacks`` heatmaps ``[B,K,S/4,S/4]`` (empty in regression mode),
+    list of ``num_stacks`` features ``[B,F,S/4,S/4]``).
+
+    Args:
+        num_stacks: hourglasses in sequence (2 and 8 in the paper).
+        num_features: width F of the hourglasses (256 in the paper).
+        num_keypoints: K output maps.
+        depth: recursion depth of each hourglass (4: 64×64 → 4×4).
+        num_modules: residuals per hourglass level (1 in the paper's 8-stack model).
+        merge_predictions: add the 1×1-mapped predictions back into the next stack's input (the paper's
+            intermediate supervision merge). Off in regression mode, which has no heatmaps to merge.
+    """
+
+    def __init__(self, *, num_stacks, num_features, num_keypoints, depth=4, num_modules=1, merge_predictions=True,
+                 predict_heatmaps=True):
+        super().__init__()
+        f = num_features
+        stem_mid = max(f // 2, 16)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem_mid // 2 if f >= 128 else stem_mid, 7, stride=2, padding=3),
+            _bn(stem_mid // 2 if f >= 128 else stem_mid),
+            nn.ReLU(inplace=True),
+        )
+        c0 = stem_mid // 2 if f >= 128 else stem_mid
+        self.stem_res = nn.Sequential(PreActResidual(c0, stem_mid), nn.MaxPool2d(2, 2),
+                                      PreActResidual(stem_mid, stem_mid), PreActResidual(stem_mid, f))
+        self.num_stacks = num_stacks
+        self.depth = depth
+        self.hourglasses = nn.ModuleList([Hourglass(depth, f, num_modules) for _ in range(num_stacks)])
+        self.post = nn.ModuleList([_residuals(f, num_modules) for _ in range(num_stacks)])
+        self.lin = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(f, f, 1), _bn(f), nn.ReLU(inplace=True)) for _ in range(num_stacks)]
+        )
+        self.predict_heatmaps = predict_heatmaps
+        self.merge_predictions = merge_predictions and predict_heatmaps
+        self.heads = nn.ModuleList([nn.Conv2d(f, num_keypoints, 1) for _ in range(num_stacks)]) if predict_heatmaps else None
+        if predict_heatmaps:
+            for head in self.heads:  # near-zero maps at the start (mmpose's final-layer init, std 0.001)
+                nn.init.normal_(head.weight, std=0.001)
+                nn.init.zeros_(head.bias)
+        self.merge_features = nn.ModuleList([nn.Conv2d(f, f, 1) for _ in range(num_stacks - 1)])
+        self.merge_preds = (
+            nn.ModuleList([nn.Conv2d(num_keypoints, f, 1) for _ in range(num_stacks - 1)]) if self.merge_predictions else None
+        )
+
+    def forward(self, x):
+        x = self.stem_res(self.stem(x))
+        heatmaps, features = [], []
+        for i in range(self.num_stacks):
+            y = self.lin[i](self.post[i](self.hourglasses[i](x)))
+            features.append(y)
+            pred = self.heads[i](y) if self.predict_heatmaps else None
+            if pred is not None:
+                heatmaps.append(pred)
+            if i < self.num_stacks - 1:
+                merged = x + self.merge_features[i](y)
+                if self.merge_predictions:
+                    merged = merged + self.merge_preds[i](pred)
+                x = merged
+        return heatmaps, features

@@ -1,0 +1,233 @@
+"""CornerNet: hourglass backbone, embedding losses on a hand-computed case, targets, decoding of planted
+heatmaps, soft-NMS, training on the synthetic shapes (every loss falls, empty ground truth) and export parity."""
+import math
+import os
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from conftest import REPO_ROOT
+from segx.config import add_segx_config
+from segx.modeling.backbone.hourglass import HourglassNet
+from segx.modeling.corner_decoding import soft_nms_gaussian
+from segx.modeling.heatmaps import gaussian_radius
+from segx.modeling.meta_arch.cornernet import associative_embedding_loss, corner_targets
+
+CORNERNET_CFG = "configs/CornerNet/cornernet_hg_small_shapes.yaml"
+# A random model pairs nothing (its corner maps peak in different classes, its embeddings drift): one class
+# and a loose embedding threshold keep detections flowing through the exported graph.
+EXPORT_OVERRIDES = {"MODEL.CORNERNET.NUM_CLASSES": 1, "MODEL.CORNERNET.EMBEDDING_THRESHOLD": 1e3}
+
+
+def tiny_cfg(config=CORNERNET_CFG, **overrides):
+    """The CPU config shrunk further for tests (8-16 channels, 2 stacks, 2 down-samplings)."""
+    cfg = get_cfg()
+    add_segx_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.MODEL.HOURGLASS_NET.STEM_CHANNELS = 8
+    cfg.MODEL.HOURGLASS_NET.DIMS = [16, 16, 24]
+    cfg.MODEL.HOURGLASS_NET.MODULES = [1, 1, 1]
+    cfg.MODEL.HOURGLASS_NET.NUM_STACKS = 2
+    cfg.MODEL.HOURGLASS_NET.OUT_CHANNELS = 16
+    cfg.MODEL.CORNERNET.POOL_CHANNELS = 8
+    cfg.MODEL.CORNERNET.HEAD_CHANNELS = 16
+    cfg.MODEL.CORNERNET.TOPK = 20
+    cfg.MODEL.CORNERNET.NUM_CANDIDATES = 40
+    cfg.MODEL.CORNERNET.DETECTIONS_PER_IMAGE = 20
+    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
+    return cfg
+
+
+def test_hourglass_returns_one_feature_per_stack():
+    net = HourglassNet(dims=[8, 12, 16], modules=[1, 1, 2], num_stacks=3, stem_channels=4, out_channels=10)
+    assert net.size_divisibility == 16
+    out = net(torch.randn(2, 3, 32, 48))
+    assert list(out) == ["hg0", "hg1", "hg2"]
+    for v in out.values():
+        assert v.shape == (2, 10, 8, 12)
+    assert {s.stride for s in net.output_shape().values()} == {4}
+    with pytest.raises(ValueError, match="DIMS and MODULES"):
+        HourglassNet(dims=[8, 12], modules=[1], num_stacks=1)
+
+
+def test_pull_push_hand_computed():
+    # image 0: three objects (pad slot masked out), image 1: two far-apart objects, image 2: one object
+    tl = torch.tensor([[0.0, 1.0, 0.2, 5.0], [0.5, -1.0, 9.0, 9.0], [3.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    br = torch.tensor([[0.4, 1.2, 0.2, -5.0], [0.7, -1.0, 9.0, 9.0], [2.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    pull, push = associative_embedding_loss(tl, br, mask, margin=1.0)
+    # means: (0.2, 1.1, 0.2), (0.6, -1.0), (2.5)
+    pull_expected = (0.2**2 * 2 + 0.1**2 * 2) / 3 + (0.1**2 * 2) / 2 + (0.5**2 * 2) / 1
+    # image 0 ordered pairs: |0.2-1.1| = 0.9 -> 0.1 (x2), |0.2-0.2| = 0 -> 1 (x2), |1.1-0.2| -> 0.1 (x2); / (3*2)
+    push_expected = (2 * 0.1 + 2 * 1.0 + 2 * 0.1) / 6 + 0.0 + 0.0
+    assert pull.item() == pytest.approx(pull_expected, abs=1e-6)
+    assert push.item() == pytest.approx(push_expected, abs=1e-6)
+    (pull + push).backward()
+    assert torch.isfinite(tl.grad).all()
+    assert tl.grad[0, 3] == 0 and tl.grad[1, 2:].abs().sum() == 0  # padding gets no gradient
+
+
+def test_corner_targets_positions_offsets_and_radius():
+    boxes = [torch.tensor([[10.0, 18.0, 70.0, 101.0]]), torch.zeros(0, 4)]
+    classes = [torch.tensor([2]), torch.zeros(0, dtype=torch.long)]
+    t = corner_targets(boxes, classes, 3, (32, 32), 0.25, min_overlap=0.3, radius_variant="corrected")
+    heat, index, offset = t["tl"]
+    assert heat.shape == (2, 3, 32, 32) and heat[1].sum() == 0 and t["mask"].tolist() == [[True], [False]]
+    assert heat[0, 2, 4, 2] == 1 and (heat[0, 2] == 1).sum() == 1  # (10/4, 18/4) -> (2, 4)
+    assert index[0, 0] == 4 * 32 + 2
+    torch.testing.assert_close(offset[0, 0], torch.tensor([0.5, 0.5]))
+    br_heat, br_index, br_offset = t["br"]
+    assert br_heat[0, 2, 25, 17] == 1 and br_index[0, 0] == 25 * 32 + 17
+    torch.testing.assert_close(br_offset[0, 0], torch.tensor([0.5, 0.25]))
+    r = max(0, int(gaussian_radius(math.ceil(83 / 4), math.ceil(60 / 4), 0.3, "corrected")))
+    assert r > 0
+    nonzero_cols = (heat[0, 2, 4] > 0).nonzero().flatten()
+    assert nonzero_cols.max().item() == 2 + r  # the Gaussian's extent is the radius
+    with pytest.raises(ValueError, match="class 5"):
+        corner_targets([boxes[0]], [torch.tensor([5])], 3, (32, 32), 0.25, min_overlap=0.3, radius_variant="corrected")
+
+
+def test_soft_nms_gaussian_decays_same_class_only():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1.0, 0, 11, 10], [0.0, 0, 10, 10], [50.0, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.0005])
+    classes = torch.tensor([0, 0, 1, 0])
+    keep, kept = soft_nms_gaussian(boxes, scores, classes, sigma=0.5, score_threshold=0.001, max_detections=10)
+    iou = 90.0 / 110.0
+    assert keep.tolist() == [0, 2, 1]  # box 3 is below the threshold
+    torch.testing.assert_close(kept, torch.tensor([0.9, 0.7, 0.8 * math.exp(-iou * iou / 0.5)]))
+    keep, _ = soft_nms_gaussian(boxes, scores, classes, max_detections=1)
+    assert keep.tolist() == [0]
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+def plant(num_classes, size, kinds, objects, background_emb=100.0):
+    """Raw head outputs with one peak per planted keypoint: ``objects`` are (class, {kind: (x, y)} in map
+    pixels (float: integer part = peak, fraction = offset), embedding, score)."""
+    h, w = size
+    out = {}
+    for kind in kinds:
+        heat = torch.full((1, num_classes, h, w), -12.0)
+        off = torch.zeros(1, 2, h, w)
+        emb = torch.full((1, 1, h, w), background_emb)
+        for cls, points, e, score in objects:
+            if kind not in points:
+                continue
+            x, y = points[kind]
+            xi, yi = int(x), int(y)
+            heat[0, cls, yi, xi] = _logit(score)
+            off[0, :, yi, xi] = torch.tensor([x - xi, y - yi])
+            emb[0, 0, yi, xi] = e
+        out[kind] = (heat, off, emb if kind in ("tl", "br") else None)
+    return [out]
+
+
+def test_decoding_planted_heatmaps_returns_the_planted_boxes():
+    model = build_model(tiny_cfg()).eval()
+    objects = [
+        (1, {"tl": (8.5, 12.25), "br": (20.0, 28.75)}, 0.0, 0.9),
+        (3, {"tl": (2.25, 3.5), "br": (30.5, 15.0)}, 3.0, 0.8),
+        (1, {"tl": (5.0, 5.0)}, 10.0, 0.95),  # lonely corner: its embedding matches no bottom-right corner
+    ]
+    planted = plant(4, (32, 32), ("tl", "br"), objects)
+    model.predict = lambda images, stacks=None: planted
+    image = torch.zeros(3, 128, 128)
+    inst = model([{"image": image, "height": 256, "width": 256}])[0]["instances"]
+    assert len(inst) == 2, inst
+    # boxes in input pixels x 2 (the requested 256x256 output size)
+    torch.testing.assert_close(
+        inst.pred_boxes.tensor, torch.tensor([[8.5, 12.25, 20.0, 28.75], [2.25, 3.5, 30.5, 15.0]]) * 4 * 2
+    )
+    torch.testing.assert_close(inst.scores, torch.tensor([0.9, 0.8]), atol=1e-5, rtol=0)
+    assert inst.pred_classes.tolist() == [1, 3]
+
+
+def _mapper_batch(cfg, n, empty_index=None):
+    mapper = DatasetMapper(cfg, is_train=True)
+    batch = [mapper(d) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
+    if empty_index is not None:
+        batch[empty_index]["instances"] = Instances(batch[empty_index]["instances"].image_size)
+        batch[empty_index]["instances"].gt_boxes = Boxes(torch.zeros(0, 4))
+        batch[empty_index]["instances"].gt_classes = torch.zeros(0, dtype=torch.long)
+    return batch
+
+
+def train_steps(cfg, steps=40, batch_size=4):
+    """Adam on a fixed batch of synthetic shapes; the loss dicts of every step."""
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = _mapper_batch(cfg, batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(steps):
+        losses = model(batch)
+        history.append({k: float(v) for k, v in losses.items()})
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    return history
+
+
+def assert_every_loss_falls(history, n=5):
+    """Mean of the last ``n`` steps below that of the first ``n``, for every loss; pull and push are taken
+    together: at initialisation all embeddings are nearly equal, so pull starts near 0 and rises while push
+    separates the objects (the official training curves do the same)."""
+    history = [dict(h, loss_pull_push=h["loss_pull"] + h["loss_push"]) for h in history]
+    for key in history[0]:
+        if key in ("loss_pull", "loss_push"):
+            continue
+        first = sum(h[key] for h in history[:n]) / n
+        last = sum(h[key] for h in history[-n:]) / n
+        assert last < first, f"{key} did not fall: first {n} mean {first:.4f}, last {n} mean {last:.4f}"
+
+
+def test_training_lowers_every_loss():
+    history = train_steps(tiny_cfg())
+    assert set(history[0]) == {"loss_tl_heatmap", "loss_br_heatmap", "loss_pull", "loss_push", "loss_offset"}
+    assert_every_loss_falls(history)
+
+
+def test_end_to_end_with_empty_ground_truth():
+    cfg = tiny_cfg()
+    model = build_model(cfg).train()
+    batch = _mapper_batch(cfg, 2, empty_index=1)
+    losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    empty = _mapper_batch(cfg, 1, empty_index=0)
+    losses = model(empty)
+    assert losses["loss_pull"] == 0 and losses["loss_push"] == 0 and losses["loss_offset"] == 0
+    sum(losses.values()).backward()  # still connected to the graph
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[0]["image"], "height": 64, "width": 64}])
+    inst = out[0]["instances"]
+    assert inst.image_size == (64, 64)
+    assert {"pred_boxes", "scores", "pred_classes"} <= set(inst.get_fields())
+    assert len(inst) <= cfg.MODEL.CORNERNET.DETECTIONS_PER_IMAGE
+    with pytest.raises(ValueError, match="instances"):
+        model.train()([{"image": batch[0]["image"]}])
+
+
+def test_export_round_trip_matches_eager(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segx.export import export_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**EXPORT_OVERRIDES)).eval()
+    image = torch.rand(3, 64, 64) * 255
+    report = export_model(model, image, str(tmp_path))
+    assert report.output_shapes[0][0] > 0, "no detections: the round trip would compare empty tensors"
+    assert report.torchscript_max_diff <= 1e-4
+    assert report.onnx_error is None, report.onnx_error
+    assert report.onnx_max_diff <= 1e-3

@@ -1,0 +1,256 @@
+"""Stacked Hourglass: heatmap encodings, decoding, the network, training, inference and export."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, Keypoints
+
+from segx.config import add_segx_config
+from segx.modeling.backbone.stacked_hourglass import Hourglass, PreActResidual, StackedHourglassNet
+from segx.modeling.heatmaps import argmax_decode, landmark_heatmaps
+from segx.modeling.meta_arch.stacked_hourglass import crop_grid, crop_to_image, image_to_crop, square_crops
+
+
+def _seed_maps(point, size, sigma, kind):
+    """The seed's definitions, pixel by pixel: centre = rounded point; on the (6σ+1)² window
+    Gaussian exp(−d²/2σ²), Cauchy σ/(d²+σ²)^1.5; 0 elsewhere."""
+    h, w = size
+    cx, cy = math.floor(point[0] + 0.5), math.floor(point[1] + 0.5)
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            if abs(j - cx) <= 3 * sigma and abs(i - cy) <= 3 * sigma:
+                d2 = (j - cx) ** 2 + (i - cy) ** 2
+                out[i, j] = math.exp(-d2 / (2 * sigma**2)) if kind == "gaussian" else sigma / (d2 + sigma**2) ** 1.5
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "cauchy"])
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_heatmap_formulas_match_the_seed(kind, sigma):
+    points = torch.tensor([[7.4, 9.6], [1.0, 2.0], [15.2, 0.4]])  # the last two clip at the borders
+    maps = landmark_heatmaps(points, (16, 18), sigma, kind=kind)
+    assert maps.shape == (3, 16, 18)
+    for k in range(3):
+        np.testing.assert_allclose(maps[k].numpy(), _seed_maps(points[k].tolist(), (16, 18), sigma, kind), rtol=1e-5, atol=1e-7)
+    # the full window, away from borders, has (6σ+1)² non-zero pixels; peak 1 (Gaussian) or 1/σ² (Cauchy)
+    centred = landmark_heatmaps(torch.tensor([[12.0, 12.0]]), (25, 25), sigma, kind=kind)[0]
+    assert int((centred > 0).sum()) == int(6 * sigma + 1) ** 2
+    assert centred.max().item() == pytest.approx(1.0 if kind == "gaussian" else 1 / sigma**2)
+    assert maps[0, 10, 7] == maps[0].max()  # (7.4, 9.6) is drawn around the rounded point (7, 10)
+
+
+def test_heatmaps_are_empty_for_invisible_or_outside_points():
+    maps = landmark_heatmaps(torch.tensor([[3.0, 3.0], [3.0, 3.0], [-2.0, 3.0]]), (8, 8), 1.0, visible=torch.tensor([1, 0, 1]))
+    assert maps[0].sum() > 0 and maps[1].sum() == 0 and maps[2].sum() == 0
+    with pytest.raises(ValueError, match="kind"):
+        landmark_heatmaps(torch.zeros(1, 2), (8, 8), 1.0, kind="laplace")
+
+
+def test_argmax_decode_quarter_pixel_shift():
+    hm = torch.zeros(1, 3, 10, 12)
+    hm[0, 0, 7, 5] = 1.0  # peak at x=5, y=7; right and upper neighbours larger
+    hm[0, 0, 7, 6], hm[0, 0, 7, 4] = 0.5, 0.2
+    hm[0, 0, 6, 5], hm[0, 0, 8, 5] = 0.4, 0.1
+    hm[0, 1, 2, 3] = 2.0  # symmetric neighbourhood: no shift
+    hm[0, 2, 0, 11] = 0.7  # corner: no shift at the border
+    hm[0, 2, 1, 11] = 0.6
+    coords, maxvals = argmax_decode(hm)
+    assert coords[0, 0].tolist() == [5.25, 6.75]
+    assert coords[0, 1].tolist() == [3.0, 2.0]
+    assert coords[0, 2].tolist() == [11.0, 0.0]
+    assert maxvals[0].tolist() == pytest.approx([1.0, 2.0, 0.7])
+    plain, _ = argmax_decode(hm, quarter_offset=False)
+    assert plain[0, 0].tolist() == [5.0, 7.0]
+
+
+def test_decode_recovers_a_subpixel_landmark_from_a_smooth_peak():
+    # a peak at x = 5.3 sampled on the grid: its right neighbour is larger, so the decode says 5.25
+    xs = torch.arange(16.0)
+    hm = torch.exp(-((xs[None, :] - 5.3) ** 2 + (xs[:, None] - 8.0) ** 2) / 2)[None, None]
+    coords, _ = argmax_decode(hm)
+    assert coords[0, 0].tolist() == [5.25, 8.0]
+
+
+def test_hourglass_network_shapes_and_recursion():
+    hg = Hourglass(4, 16)
+    x = torch.randn(2, 16, 32, 32)
+    assert hg(x).shape == x.shape
+    depth, node = 0, hg
+    while isinstance(node, Hourglass):
+        depth, node = depth + 1, node.low2
+    assert depth == 4
+    res = PreActResidual(8, 16)
+    assert isinstance(res.bn1, torch.nn.BatchNorm2d) and res.skip is not None  # BN-ReLU before each conv
+    net = StackedHourglassNet(num_stacks=3, num_features=32, num_keypoints=5, depth=3)
+    heatmaps, feats = net(torch.randn(2, 3, 64, 64))
+    assert len(heatmaps) == 3 and all(h.shape == (2, 5, 16, 16) for h in heatmaps)
+    assert len(feats) == 3 and feats[0].shape == (2, 32, 16, 16)
+    assert len(net.merge_preds) == 2 and len(net.merge_features) == 2
+
+
+def test_crop_geometry_round_trip():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 64.0, 64.0]])
+    centres, half = square_crops(boxes, 1.25)
+    assert centres.tolist() == [[30.0, 60.0], [32.0, 32.0]] and half.tolist() == [50.0, 40.0]
+    pts = torch.tensor([[[30.0, 60.0], [80.0, 110.0]], [[0.0, 0.0], [64.0, 64.0]]])
+    angle = torch.tensor([0.3, -1.0])
+    u = image_to_crop(pts, centres, half, torch.cos(angle), torch.sin(angle))
+    assert u[0, 0].abs().max() < 1e-6
+    assert torch.allclose(u.norm(dim=-1), ((pts - centres[:, None]) / half[:, None, None]).norm(dim=-1), atol=1e-6)
+    u0 = image_to_crop(pts, centres, half)
+    assert torch.allclose(crop_to_image(u0, centres, half), pts, atol=1e-5)
+    # a crop of the whole image at its own size reproduces the image exactly
+    img = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64)
+    grid = crop_grid(torch.tensor([[32.0, 32.0]]), torch.tensor([32.0]), (64, 64), 64)
+    out = torch.nn.functional.grid_sample(img, grid, align_corners=False)
+    assert torch.allclose(out, img, atol=1e-3)
+
+
+def tiny_cfg(**overrides):
+    cfg = get_cfg()
+    add_segx_config(cfg)
+    cfg.merge_from_file("configs/Hourglass/hg2_gaussian_figures.yaml")
+    cfg.MODEL.DEVICE = "cpu"
+    c = cfg.MODEL.STACKED_HOURGLASS
+    c.NUM_FEATURES, c.DEPTH, c.INPUT_SIZE, c.NUM_KEYPOINTS = 16, 3, 32, 4
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return cfg
+
+
+def _inputs(n_images=3, k=4, size=64, empty=()):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n_images):
+        inst = Instances((size, size))
+        n = 0 if i in empty else 1 + i % 2
+        x0 = torch.rand(n, 2, generator=g) * size * 0.3
+        boxes = torch.cat([x0, x0 + size * 0.5], dim=1)
+        kp = boxes[:, None, :2] + torch.rand(n, k, 2, generator=g) * size * 0.5
+        vis = torch.ones(n, k, 1) * 2
+        if n:
+            vis[0, -1] = 0
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_keypoints = Keypoints(torch.cat([kp, vis], dim=-1))
+        image = torch.rand(3, size, size, generator=g) * 255
+        if n:  # paint the keypoints so there is something to learn
+            for p in kp.reshape(-1, 2).long().clamp(0, size - 2):
+                image[:, p[1] : p[1] + 2, p[0] : p[0] + 2] = 0
+        out.append({"image": image, "instances": inst, "height": size, "width": size})
+    return out
+
+
+@pytest.mark.parametrize("head,kind", [("heatmap", "gaussian"), ("heatmap", "cauchy"), ("regression", "gaussian")])
+def test_training_lowers_every_loss(head, kind):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(HEAD=head, HEATMAP_KIND=kind, AUG_SCALE=0.0, AUG_ROTATION=0.0)
+    model = build_model(cfg).train()
+    data = _inputs()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        losses = model(data)
+        assert set(losses) == {"loss_stack0", "loss_stack1"}
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    for key in history[0]:
+        first = np.mean([h[key] for h in history[:3]])
+        last = np.mean([h[key] for h in history[-3:]])
+        assert last < 0.7 * first, f"{head}/{kind} {key}: {first:.4f} -> {last:.4f}"
+
+
+def test_empty_ground_truth_gives_zero_losses_with_gradients():
+    model = build_model(tiny_cfg()).train()
+    data = _inputs(n_images=2, empty=(0, 1))
+    losses = model(data)
+    assert all(v.item() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # mixed batch: one image without people still trains on the others
+    losses = model(_inputs(n_images=3, empty=(1,)))
+    assert all(v.item() > 0 for v in losses.values())
+
+
+def test_missing_keypoints_and_bad_options_are_named():
+    model = build_model(tiny_cfg()).train()
+    data = _inputs(n_images=1)
+    inst = Instances((64, 64))
+    inst.gt_boxes = data[0]["instances"].gt_boxes
+    data[0]["instances"] = inst
+    with pytest.raises(ValueError, match="KEYPOINT_ON"):
+        model(data)
+    with pytest.raises(ValueError, match="head"):
+        build_model(tiny_cfg(HEAD="soft-argmax"))
+    with pytest.raises(ValueError, match="divisible"):
+        build_model(tiny_cfg(INPUT_SIZE=40))
+
+
+@pytest.mark.parametrize("head", ["heatmap", "regression"])
+def test_inference_outputs_keypoints_in_image_coordinates(head):
+    model = build_model(tiny_cfg(HEAD=head)).eval()
+    data = _inputs(n_images=2)
+    data[1].pop("instances")  # no boxes: the whole image is the person crop
+    data[1]["height"], data[1]["width"] = 128, 96  # resized back to the original image
+    with torch.no_grad():
+        out = model(data)
+    a, b = out[0]["instances"], out[1]["instances"]
+    assert a.pred_keypoints.shape == (1, 4, 3) and torch.equal(a.pred_boxes.tensor, data[0]["instances"].gt_boxes.tensor)
+    assert b.image_size == (128, 96) and len(b) == 1
+    assert b.pred_boxes.tensor.tolist() == [[0.0, 0.0, 96.0, 128.0]]
+    assert set(b.get_fields()) >= {"pred_boxes", "scores", "pred_classes", "pred_keypoints"}
+    if head == "heatmap":  # decoded points lie on the heatmap grid of the crop (+-0.25 px shifts)
+        box = a.pred_boxes.tensor[0]
+        half = (box[2:] - box[:2]).max() * model.box_padding / 2
+        centre = (box[:2] + box[2:]) / 2
+        hm = (a.pred_keypoints[0, :, :2] - centre + half) / (2 * half) * 8 - 0.5
+        assert torch.allclose(hm * 4, (hm * 4).round(), atol=1e-3)
+
+
+def test_export_torchscript_and_onnx_match_eager(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segx.export import export_model
+
+    torch.manual_seed(0)
+    for head in ("heatmap", "regression"):
+        model = build_model(tiny_cfg(HEAD=head)).eval()
+        image = torch.rand(3, 64, 48) * 255
+        report = export_model(model, image, str(tmp_path / head))
+        assert report.output_shapes[0][0] == 1
+        assert report.torchscript_max_diff <= 1e-4, head
+        assert report.onnx_error is None, report.onnx_error
+        assert report.onnx_max_diff <= 1e-3, head
+
+
+def test_trainer_and_evaluator_on_the_synthetic_figures(tmp_path):
+    """detectron2's DatasetMapper (KEYPOINT_ON) → model → PCK evaluator, through segx's Trainer."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from segx.engine.train_net import Trainer
+
+    name = "segx_figures_val_first6"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: DatasetCatalog.get("segx_figures_val")[:6])
+        meta = MetadataCatalog.get("segx_figures_val").as_dict()
+        meta.pop("name")
+        MetadataCatalog.get(name).set(**meta)
+    cfg = tiny_cfg(NUM_KEYPOINTS=16)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.DATASETS.TEST = (name,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 3
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.SOLVER.WARMUP_ITERS = 1
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.OUTPUT_DIR = str(tmp_path)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    res = Trainer.test(cfg, trainer.model)["keypoints_pck"]
+    assert res["num_people"] == 6 and 0 <= res["PCK@0.2"] <= 100

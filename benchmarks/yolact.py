@@ -10,12 +10,14 @@ image by image so that load on a shared machine hits both alike, through detectr
 ratio YOLACT / Mask R-CNN. ``--train-iters N`` also times N training steps of each on the same batches
 (``benchmarks/rcnn_baselines.py``'s ``train_step_times``).
 
-The DESIGN.md §6 setting (550² input, random weights, thresholds at 0 so postprocessing handles 100 detections):
+The DESIGN.md §6 setting (550² input, random weights, thresholds at 0 so postprocessing handles 100 detections,
+against detectron2's own Mask R-CNN R50-FPN config from its model zoo):
 
-    python benchmarks/yolact.py --num-images 10 --size 550 \
-        --yolact-config configs/YOLACT/yolact_R_50_FPN_550.yaml --yolact-opts MODEL.YOLACT.SCORE_THRESH_TEST 0 \
-        --mask-config configs/MaskRCNN/mask_rcnn_R_50_FPN_scratch.yaml \
-        --mask-opts MODEL.ROI_HEADS.SCORE_THRESH_TEST 0 TEST.DETECTIONS_PER_IMAGE 100 INPUT.MIN_SIZE_TEST 550
+    python benchmarks/yolact.py --num-images 8 --size 550 \
+        --yolact-config configs/YOLACT/yolact_R_50_FPN_550.yaml --yolact-opts MODEL.YOLACT.SCORE_THRESH_TEST 0.0 \
+        --mask-config .venv/lib/python3.11/site-packages/detectron2/model_zoo/configs/COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml \
+        --mask-opts MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 TEST.DETECTIONS_PER_IMAGE 100 INPUT.MIN_SIZE_TEST 550 \
+        INPUT.MAX_SIZE_TEST 550
 """
 import argparse
 import os

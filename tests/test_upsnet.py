@@ -137,21 +137,26 @@ def test_training_lowers_every_loss(train_batch):
     assert not worse, worse
 
 
-@pytest.mark.parametrize("deformable", [False, True])
-def test_export_matches_eager(tmp_path, deformable):
+@pytest.mark.parametrize("deformable,empty", [(False, False), (True, False), (False, True)])
+def test_export_matches_eager(tmp_path, deformable, empty):
+    """``empty``: no box passes the panoptic score threshold (the panoptic head sees stuff + unknown only)."""
     pytest.importorskip("onnxruntime")
     from segx.export import export_model, sample_input
 
     torch.manual_seed(0)
     cfg = tiny_cfg()
     cfg.MODEL.UPSNET.SEM_DEFORMABLE = deformable
-    cfg.MODEL.UPSNET.PANOPTIC_SCORE_THRESH = 0.0
+    cfg.MODEL.UPSNET.PANOPTIC_SCORE_THRESH = 1.01 if empty else 0.0
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     model = build_model(cfg).eval()
     image = sample_input(cfg)
     formats = ("torchscript",) if deformable else ("torchscript", "onnx")  # deform_conv2d: no ONNX symbolic
     report = export_model(model, image, str(tmp_path), formats=formats)
-    assert report.num_outputs > 0 and all(s[0] > 0 for s in report.output_shapes if s)
+    # outputs: instances (boxes, classes, masks, scores, size), panoptic_instances (boxes, classes, scores,
+    # size), panoptic_logits [S + N + 1, h, w]
+    n_panoptic = report.output_shapes[5][0]
+    assert (n_panoptic == 0) == empty
+    assert report.output_shapes[-1][0] == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1 + n_panoptic + 1
     assert report.torchscript_max_diff <= 1e-3
     if not deformable:
         assert report.onnx_error is None, report.onnx_error

@@ -267,6 +267,10 @@ def test_e2e_train_step_and_inference_with_empty_gt(plus):
     assert inst.image_size == (64, 96) and inst.pred_masks.shape[1:] == (64, 96)
     assert inst.pred_masks.dtype == torch.bool and len(inst) <= model.max_detections
     assert (inst.pred_boxes.tensor[:, 2] <= 96).all() and (inst.scores >= 0).all()
+    model.score_thresh = 1.0  # no detections at all
+    with torch.no_grad():
+        none = model([{"image": batch[0]["image"]}])[0]["instances"]
+    assert len(none) == 0 and none.pred_masks.shape == (0, 128, 128)
 
 
 def test_bad_inputs_are_named():
@@ -389,3 +393,16 @@ def test_export_parity(tmp_path):
     assert report.torchscript_max_diff <= 1e-4
     assert report.onnx_error is None, report.onnx_error
     assert report.onnx_max_diff <= 1e-3
+
+
+def test_export_yolact_plus_torchscript(tmp_path):
+    """YOLACT++ traces to TorchScript; ONNX is unavailable (torchvision's deform_conv2d has no ONNX symbolic)."""
+    from segx.export import export_model
+
+    torch.manual_seed(0)
+    over = {"MODEL.YOLACT.MASKIOU_ON": True, "MODEL.YOLACT.INPUT_SIZE": 256, "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
+            "MODEL.YOLACT.RESNET.DCN_LAYERS": [0, 2, 2, 2], "MODEL.YOLACT.RESNET.DCN_INTERVAL": 1}
+    model = build_model(tiny_cfg(**over)).eval()
+    report = export_model(model, (torch.rand(3, 128, 128) * 255).round(), str(tmp_path), formats=("torchscript",))
+    assert report.output_shapes[0][0] > 0
+    assert report.torchscript_max_diff <= 1e-4

@@ -122,15 +122,18 @@ def export_model(model, image, output_dir, formats=("torchscript", "onnx")):
 
         path = os.path.join(output_dir, "model.onnx")
         kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-        with torch.no_grad():
-            torch.onnx.export(adapter, (image,), path, opset_version=_onnx_opset(), input_names=["image"], **kwargs)
         report.onnx_path = path
-        try:
+        stage = "torch.onnx.export"
+        try:  # report, don't hide: the TorchScript result is still useful (e.g. deform_conv2d has no ONNX symbolic)
+            with torch.no_grad():
+                torch.onnx.export(adapter, (image,), path, opset_version=_onnx_opset(), input_names=["image"], **kwargs)
+            stage = "onnxruntime"
             sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             out = sess.run(None, {sess.get_inputs()[0].name: image.cpu().numpy()})
             report.onnx_max_diff = max(_max_abs_diff(eager, out), default=0.0)
-        except Exception as e:  # report, don't hide: the TorchScript result is still useful
-            report.onnx_error = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            report.onnx_error = f"{stage} failed: {type(e).__name__}: {first_line}"
     with open(os.path.join(output_dir, "export_info.json"), "w") as f:
         json.dump(
             {

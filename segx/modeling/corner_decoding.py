@@ -29,7 +29,8 @@ def decode_corner_pairs(
         num_candidates: best pairs returned per image.
     Returns:
         boxes ``[B,N,4]`` (x0, y0, x1, y1 in heatmap pixels), scores ``[B,N]`` (mean of the two corner scores;
-        −1 for rejected pairs: different classes, embedding distance > threshold, x1 < x0 or y1 < y0),
+        −1 for rejected pairs: different classes, embedding distance > threshold, x1 < x0 or y1 < y0, or a
+        corner suppressed by the peak NMS that only fills the top-k),
         classes ``[B,N]`` long; N = min(num_candidates, k'²).
     """
     tl_heat = heatmap_peak_nms(tl_heat, nms_kernel)
@@ -47,8 +48,12 @@ def decode_corner_pairs(
     x1, y1 = br_x[:, None, :].expand(b, kk, kk), br_y[:, None, :].expand(b, kk, kk)
     boxes = torch.stack([x0, y0, x1, y1], dim=3).reshape(b, kk * kk, 4)
     scores = (tl_s[:, :, None] + br_s[:, None, :]) / 2
+    # A map with fewer than k peaks fills its top-k with NMS-suppressed positions (score 0, in an arbitrary
+    # order that differs between PyTorch and ONNX); they are not corners. With >= k peaks this never applies.
     reject = (
-        (tl_c[:, :, None] != br_c[:, None, :])
+        (tl_s[:, :, None] <= 0)
+        | (br_s[:, None, :] <= 0)
+        | (tl_c[:, :, None] != br_c[:, None, :])
         | ((tl_e[:, :, None] - br_e[:, None, :]).abs() > embedding_threshold)
         | (x1 < x0)
         | (y1 < y0)
@@ -93,6 +98,7 @@ def center_region_check(
     inside = (
         (cx > left[:, None, :]) & (cx < right[:, None, :]) & (cy > top[:, None, :]) & (cy < bottom[:, None, :])
         & (center_classes[:, :, None] == classes[:, None, :])
+        & (center_scores[:, :, None] > 0)  # NMS-suppressed fillers of the top-k are not centres
     )  # [B,K,N]
     inside = inside.to(scores.dtype)  # float reductions: ONNX has no bool ReduceMax / uint8 ArgMax parity
     matched = inside.amax(dim=1) > 0

@@ -315,9 +315,12 @@ class UPSNet(nn.Module):
         selected = [
             self._select_panoptic_instances(all_boxes[b], all_scores[b], size) for b, size in enumerate(images.image_sizes)
         ]
-        all_mask_logits = self._mask_logits(
-            features, [Boxes(sel[0]) for sel in selected], torch.cat([sel[2] for sel in selected])
-        )
+        # One dummy box after the last image's boxes keeps the mask head's batch non-empty (GroupNorm's reshape
+        # of an empty batch fails in onnxruntime); its logits are dropped.
+        dummy = images.tensor.new_tensor([[0.0, 0.0, 1.0, 1.0]])
+        box_lists = [Boxes(sel[0]) for sel in selected[:-1]] + [Boxes(torch.cat([selected[-1][0], dummy]))]
+        classes_all = torch.cat([sel[2] for sel in selected] + [selected[-1][2].new_zeros(1)])
+        all_mask_logits = self._mask_logits(features, box_lists, classes_all)[:-1]
         # (one image, as when tracing: no split, whose sizes would be frozen into the graph)
         all_mask_logits = (
             [all_mask_logits] if len(selected) == 1 else all_mask_logits.split([sel[2].shape[0] for sel in selected])

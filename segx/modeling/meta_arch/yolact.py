@@ -493,7 +493,9 @@ class YOLACT(nn.Module):
         scale = torch.stack([torch.as_tensor(width / S), torch.as_tensor(height / S)] * 2).to(boxes)
         out_boxes = Boxes(boxes * scale)
         out_boxes.clip((height, width))
-        masks = F.interpolate(soft_masks[None], size=(int(height), int(width)), mode="bilinear", align_corners=False)[0]
+        # detections as the batch dimension: interpolate accepts an empty batch, not empty channels
+        masks = F.interpolate(soft_masks[:, None], size=(int(height), int(width)), mode="bilinear",
+                              align_corners=False)[:, 0]
         inst = Instances((int(height), int(width)))
         inst.pred_boxes = out_boxes
         inst.scores = scores

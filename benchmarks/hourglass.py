@@ -2,6 +2,7 @@
 
     python benchmarks/hourglass.py chance      # PCK of the mean pose on segx_figures_val (the 'chance' row)
     python benchmarks/hourglass.py speed       # CPU time of HG-2 / HG-8 at 256² vs detectron2 Mask R-CNN R50-FPN
+    python benchmarks/hourglass.py train       # training step time of the CPU configs, interleaved
 
 ``chance``: every validation figure gets the training set's mean pose, placed in the image the way the model
 places its crop at test time (the whole image); a model must beat this to have learnt anything.
@@ -10,7 +11,6 @@ the ratio to Mask R-CNN R50-FPN at 550² (DESIGN.md §6 lists the official code'
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -95,9 +95,39 @@ def speed(iters=5):
         print(f"{name:24s} {np.median(ts):.3f} s/image  ratio to Mask R-CNN R50-FPN: {np.median(ts) / ref:.3f}")
 
 
+def train_steps(iters=5):
+    """Seconds per training step (forward + backward + SGD, batch of 16 figures) of each CPU config."""
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+
+    names = ["hg2_gaussian_figures", "hg2_cauchy_figures", "hg2_regression_figures", "hg4_gaussian_figures"]
+    runs = {}
+    for n in names:
+        cfg = get_cfg()
+        add_segx_config(cfg)
+        cfg.merge_from_file(os.path.join(REPO, "configs/Hourglass", n + ".yaml"))
+        cfg.MODEL.DEVICE, cfg.DATALOADER.NUM_WORKERS = "cpu", 0
+        model = build_model(cfg).train()
+        runs[n] = (model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+    batches = list(zip(range(iters + 1), build_detection_train_loader(cfg)))
+    times = {n: [] for n in names}
+    for i, batch in batches:
+        for n, (model, opt) in runs.items():
+            t = time.perf_counter()
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i:
+                times[n].append(time.perf_counter() - t)
+    ref = np.median(times[names[0]])
+    for n in names:
+        print(f"{n:24s} {np.median(times[n]):.3f} s/step  ratio to {names[0]}: {np.median(times[n]) / ref:.2f}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["chance", "speed"])
+    ap.add_argument("what", choices=["chance", "speed", "train"])
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
-    sys.exit(chance() and 0 if args.what == "chance" else speed(args.iters))
+    {"chance": chance, "speed": lambda: speed(args.iters), "train": lambda: train_steps(args.iters)}[args.what]()

@@ -90,7 +90,9 @@ def center_region_check(
     """
     x0, y0, x1, y1 = boxes.unbind(-1)
     area = (x1 - x0) * (y1 - y0)
-    n = torch.where(area <= area_threshold, torch.full_like(area, float(n_small)), torch.full_like(area, float(n_large)))
+    n = torch.where(
+        area <= area_threshold, torch.full_like(area, float(n_small)), torch.full_like(area, float(n_large))
+    )
     lo, hi = (n + 1) / (2 * n), (n - 1) / (2 * n)  # weights of the near and far edge
     left, right = lo * x0 + hi * x1, hi * x0 + lo * x1
     top, bottom = lo * y0 + hi * y1, hi * y0 + lo * y1

@@ -147,7 +147,7 @@ def register_coco_panoptic_separated_dataset(
 def register_synthetic_panoptic_separated():
     """``segx_shapes_panoptic_{train,val}_separated``: the builtin synthetic panoptic sets, separated."""
     from segx.data import synthetic
-    from segx.data.datasets.builtin import _panoptic_meta, _root, ensure_builtin_dataset  # noqa: F401
+    from segx.data.datasets.builtin import _root, ensure_builtin_dataset
 
     cats = synthetic._categories_things() + synthetic._categories_stuff()
     for base in ("segx_shapes_panoptic_train", "segx_shapes_panoptic_val"):

@@ -1,6 +1,6 @@
 """The Stacked Hourglass network (Newell, Yang & Deng, ECCV 2016, "Stacked Hourglass Networks for Human Pose
-Estimation"), written after the paper and the layer layout of princeton-vl/pose-hg-train (``src/models/hg.lua``,
-``layers/Residual.lua``) and princeton-vl/pytorch_stacked_hourglass (``models/posenet.py``).
+Estimation"), written after the paper and the layer layout of princeton-vl/pose-hg-train and
+princeton-vl/pytorch_stacked_hourglass.
 
 Not the CornerNet Hourglass-104 (``segx/modeling/backbone/hourglass.py``): that one uses post-activation
 residuals with strided convs; this one pre-activation bottlenecks, max-pool down and nearest up.

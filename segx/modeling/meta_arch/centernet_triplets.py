@@ -68,8 +68,8 @@ class CenterNetTriplets(CornerNet):
     def _target_kwargs(self):
         return dict(super()._target_kwargs(), center_sigma_divisor=self.center_sigma_divisor)
 
-    def decode(self, out, image_sizes_hw):
-        boxes, scores, classes = super().decode(out, image_sizes_hw)
+    def decode(self, out):
+        boxes, scores, classes = super().decode(out)
         ct_logit, ct_off, _ = out["ct"]
         centers, center_scores, center_classes = decode_center_keypoints(
             torch.sigmoid(ct_logit), ct_off, k=self.center_topk, nms_kernel=self.nms_kernel

@@ -108,6 +108,14 @@ def corner_targets(boxes_list, classes_list, num_classes, map_size, scale, *, mi
     return res
 
 
+def _clip_boxes(boxes, image_size):
+    """``boxes`` ``[N,4]`` clamped to the image (h, w); the sizes may be tensors while tracing."""
+    h, w = image_size
+    lo = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    hi = torch.stack([torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) for v in (w, h, w, h)])
+    return torch.minimum(torch.maximum(boxes, lo), hi)
+
+
 @META_ARCH_REGISTRY.register()
 class CornerNet(nn.Module):
     """CornerNet on a stacked backbone (``build_hourglass_net_backbone``): every backbone output feature is a
@@ -160,13 +168,17 @@ class CornerNet(nn.Module):
         self.pools = nn.ModuleDict()
         self.heatmap_heads, self.offset_heads, self.embedding_heads = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         for kind in self.keypoint_kinds:
-            self.pools[kind] = nn.ModuleList([self._make_pool(kind, ch, pool_channels, norm, pool_cls) for _ in range(num_stacks)])
+            self.pools[kind] = nn.ModuleList(
+                [self._make_pool(kind, ch, pool_channels, norm, pool_cls) for _ in range(num_stacks)]
+            )
             self.heatmap_heads[kind] = nn.ModuleList(
                 [KeypointHead(ch, head_channels, num_classes, heatmap_bias_init) for _ in range(num_stacks)]
             )
             self.offset_heads[kind] = nn.ModuleList([KeypointHead(ch, head_channels, 2) for _ in range(num_stacks)])
             if kind in CORNER_DIRECTIONS:
-                self.embedding_heads[kind] = nn.ModuleList([KeypointHead(ch, head_channels, 1) for _ in range(num_stacks)])
+                self.embedding_heads[kind] = nn.ModuleList(
+                    [KeypointHead(ch, head_channels, 1) for _ in range(num_stacks)]
+                )
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -285,12 +297,13 @@ class CornerNet(nn.Module):
                 losses[k] = losses.get(k, 0.0) + v / len(outputs)
         return losses
 
-    def decode(self, out, image_sizes_hw):
+    def decode(self, out):
         """Boxes / scores / classes (``[B,N,...]``, input pixels) from the last stack's raw outputs."""
         (tl_logit, tl_off, tl_emb), (br_logit, br_off, br_emb) = out["tl"], out["br"]
         boxes, scores, classes = decode_corner_pairs(
             torch.sigmoid(tl_logit), torch.sigmoid(br_logit), tl_emb, br_emb, tl_off, br_off, k=self.topk,
-            nms_kernel=self.nms_kernel, embedding_threshold=self.embedding_threshold, num_candidates=self.num_candidates,
+            nms_kernel=self.nms_kernel, embedding_threshold=self.embedding_threshold,
+            num_candidates=self.num_candidates,
         )
         return boxes * self.stride, scores, classes
 
@@ -298,20 +311,10 @@ class CornerNet(nn.Module):
         """Detections per image; with ``do_postprocess`` boxes are rescaled to each record's height/width."""
         images = self.preprocess_image(batched_inputs)
         out = self.predict(images.tensor, stacks="last")[0]
-        boxes, scores, classes = self.decode(out, images.image_sizes)
+        boxes, scores, classes = self.decode(out)
         results = []
         for i, image_size in enumerate(images.image_sizes):
-            h, w = image_size
-            b = boxes[i]
-            zero = torch.zeros((), dtype=b.dtype, device=b.device)
-            wmax, hmax = torch.as_tensor(w, dtype=b.dtype, device=b.device), torch.as_tensor(h, dtype=b.dtype, device=b.device)
-            b = torch.stack(
-                [
-                    torch.minimum(torch.maximum(b[:, 0], zero), wmax), torch.minimum(torch.maximum(b[:, 1], zero), hmax),
-                    torch.minimum(torch.maximum(b[:, 2], zero), wmax), torch.minimum(torch.maximum(b[:, 3], zero), hmax),
-                ],
-                dim=1,
-            )
+            b = _clip_boxes(boxes[i], image_size)
             keep, kept_scores = soft_nms_gaussian(
                 b, scores[i], classes[i], sigma=self.soft_nms_sigma, score_threshold=self.soft_nms_score_thresh,
                 max_detections=self.detections_per_image,

@@ -10,28 +10,10 @@ model + decoding/postprocess, batch 1). Prints the median ms per image of each a
 CenterNet / Faster R-CNN.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
-import segx  # noqa: F401
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.engine import DefaultPredictor
-
-from segx.config import add_segx_config
-from segx.data import ensure_builtin_dataset
-
-
-def _predictor(config, weights):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights or ""
-    cfg.freeze()
-    return DefaultPredictor(cfg)
+from common import dataset_images, predictor, print_table, time_predictors
 
 
 def main(argv=None):
@@ -46,29 +28,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ensure_builtin_dataset(args.dataset)
-    models = {"CenterNet": _predictor(args.centernet_config, args.centernet), "Faster R-CNN": _predictor(args.faster_config, args.faster)}
-    records = DatasetCatalog.get(args.dataset)[: args.num_images]
-    if not records:
-        raise SystemExit(f"benchmarks/centernet.py: dataset {args.dataset} has no images")
-    images = [detection_utils.read_image(d["file_name"], format="BGR") for d in records]
-    times = {k: [] for k in models}
-    for img in images[:3]:  # warm-up
-        for pred in models.values():
-            pred(img)
-    for img in images:
-        for name, pred in models.items():
-            t0 = time.perf_counter()
-            pred(img)
-            times[name].append((time.perf_counter() - t0) * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    models = {"Faster R-CNN": predictor(args.faster_config, args.faster), "CenterNet": predictor(args.centernet_config, args.centernet)}
+    images = dataset_images(args.dataset, args.num_images)
+    med, _ = time_predictors(models, images)
     h, w = images[0].shape[:2]
-    print(f"{len(images)} images of {args.dataset} ({h}x{w}), batch 1, CPU, {torch.get_num_threads()} threads")
-    print("| model | median ms / image |")
-    print("|---|---:|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"ratio CenterNet / Faster R-CNN: {med['CenterNet'] / med['Faster R-CNN']:.2f}")
+    header = f"{len(images)} images of {args.dataset} ({h}x{w}), batch 1, CPU, {torch.get_num_threads()} threads"
+    print_table(med, "median ms / image", "Faster R-CNN", header)
     return med
 
 

@@ -11,28 +11,10 @@ shared machine hits them alike, through detectron2's ``DefaultPredictor`` (resiz
 postprocess, batch 1). Prints the median ms per image of each and the ratio to Faster R-CNN.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
-import segx  # noqa: F401
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.engine import DefaultPredictor
-
-from segx.config import add_segx_config
-from segx.data import ensure_builtin_dataset
-
-
-def _predictor(config, weights):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights or ""
-    cfg.freeze()
-    return DefaultPredictor(cfg)
+from common import dataset_images, predictor, print_table, time_predictors
 
 
 def main(argv=None):
@@ -49,32 +31,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ensure_builtin_dataset(args.dataset)
     models = {
-        "Faster R-CNN R-18-FPN": _predictor(args.faster_config, args.faster),
-        "CornerNet": _predictor(args.cornernet_config, args.cornernet),
-        "CenterNet triplets": _predictor(args.triplets_config, args.triplets),
+        "Faster R-CNN R-18-FPN": predictor(args.faster_config, args.faster),
+        "CornerNet": predictor(args.cornernet_config, args.cornernet),
+        "CenterNet triplets": predictor(args.triplets_config, args.triplets),
     }
-    records = DatasetCatalog.get(args.dataset)[: args.num_images]
-    images = [detection_utils.read_image(d["file_name"], format="BGR") for d in records]
-    times = {k: [] for k in models}
-    with torch.no_grad():
-        for img in images[:3]:  # warm-up
-            for pred in models.values():
-                pred(img)
-        for img in images:
-            for name, pred in models.items():
-                t0 = time.perf_counter()
-                pred(img)
-                times[name].append((time.perf_counter() - t0) * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["Faster R-CNN R-18-FPN"]
+    images = dataset_images(args.dataset, args.num_images)
+    med, _ = time_predictors(models, images)
     h, w = images[0].shape[:2]
-    print(f"{len(images)} images of {args.dataset} ({w}x{h}), batch 1, CPU, {torch.get_num_threads()} threads")
-    print("| model | median ms / image | ratio to Faster R-CNN |")
-    print("|---|---:|---:|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} | {v / base:.2f} |")
+    header = f"{len(images)} images of {args.dataset} ({w}x{h}), batch 1, CPU, {torch.get_num_threads()} threads"
+    print_table(med, "median ms / image", "Faster R-CNN R-18-FPN", header)
     return med
 
 

@@ -11,27 +11,10 @@ training steps (forward + backward + SGD step, batch ``--train-batch``) of each 
 interleaved step by step.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
-import segx  # noqa: F401
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.engine import DefaultPredictor
-
-from segx.config import add_segx_config
-
-
-def _predictor(config, weights):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights or ""
-    cfg.freeze()
-    return DefaultPredictor(cfg)
+from common import dataset_images, predictor, print_table, time_predictors, train_step_times
 
 
 def main(argv=None):
@@ -48,62 +31,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {"Mask R-CNN": _predictor(args.mask_config, args.mask), "Faster R-CNN": _predictor(args.faster_config, args.faster)}
-    images = [detection_utils.read_image(d["file_name"], format="BGR") for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
-    times = {k: [] for k in models}
-    for img in images[:3]:  # warm-up
-        for pred in models.values():
-            pred(img)
-    for img in images:
-        for name, pred in models.items():
-            t0 = time.perf_counter()
-            pred(img)
-            times[name].append((time.perf_counter() - t0) * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads")
-    print("| model | median ms / image |")
-    print("|---|---:|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"ratio Mask / Faster: {med['Mask R-CNN'] / med['Faster R-CNN']:.2f}")
+    models = {"Faster R-CNN": predictor(args.faster_config, args.faster), "Mask R-CNN": predictor(args.mask_config, args.mask)}
+    images = dataset_images(args.dataset, args.num_images)
+    med, _ = time_predictors(models, images)
+    header = f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads"
+    print_table(med, "median ms / image", "Faster R-CNN", header)
     if args.train_iters:
         train = train_step_times({k: v.cfg for k, v in models.items()}, args.train_iters, args.train_batch)
-        print(f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)")
-        print("| model | median s / iteration |")
-        print("|---|---:|")
-        for k, v in train.items():
-            print(f"| {k} | {v:.2f} |")
-        print(f"ratio Mask / Faster: {train['Mask R-CNN'] / train['Faster R-CNN']:.2f}")
+        header = f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)"
+        print_table(train, "median s / iteration", "Faster R-CNN", header)
     return med
-
-
-def train_step_times(cfgs, iters, batch):
-    """Median seconds per training step of each model (built from its cfg), on the same batches."""
-    from detectron2.data import build_detection_train_loader
-    from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
-    from detectron2.utils.events import EventStorage
-
-    cfg0 = next(iter(cfgs.values())).clone()
-    cfg0.defrost()
-    cfg0.SOLVER.IMS_PER_BATCH = batch
-    cfg0.DATALOADER.NUM_WORKERS = 0
-    loader = iter(build_detection_train_loader(cfg0))
-    batches = [next(loader) for _ in range(iters + 2)]
-    models = {k: build_model(c).train() for k, c in cfgs.items()}
-    optims = {k: build_optimizer(c, models[k]) for k, c in cfgs.items()}
-    times = {k: [] for k in models}
-    with EventStorage(0):
-        for i, data in enumerate(batches):
-            for k, model in models.items():
-                t0 = time.perf_counter()
-                loss = sum(model(data).values())
-                optims[k].zero_grad()
-                loss.backward()
-                optims[k].step()
-                if i >= 2:
-                    times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":

@@ -12,29 +12,10 @@ R-CNN per size. ``--retinaface-config`` picks the RetinaFace variant (e.g. the R
 weights unless given).
 """
 import argparse
-import statistics
-import time
 
 import torch
 
-import segx  # noqa: F401
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.engine import DefaultPredictor
-
-from segx.config import add_segx_config
-
-
-def _predictor(config, weights, size):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights or ""
-    cfg.INPUT.MIN_SIZE_TEST = size
-    cfg.INPUT.MAX_SIZE_TEST = max(size, cfg.INPUT.MAX_SIZE_TEST)
-    cfg.freeze()
-    return DefaultPredictor(cfg)
+from common import dataset_images, predictor, time_predictors
 
 
 def main(argv=None):
@@ -50,28 +31,17 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = [detection_utils.read_image(d["file_name"], format="BGR")
-              for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
+    images = dataset_images(args.dataset, args.num_images)
     print(f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads")
     print("| input | RetinaFace ms / image | Faster R-CNN R-18 ms / image | ratio RetinaFace / Faster R-CNN |")
     print("|---|---:|---:|---:|")
     ratios = {}
     for size in args.sizes:
         models = {
-            "retinaface": _predictor(args.retinaface_config, args.retinaface, size),
-            "faster": _predictor(args.faster_config, args.faster, size),
+            "retinaface": predictor(args.retinaface_config, args.retinaface, test_size=size),
+            "faster": predictor(args.faster_config, args.faster, test_size=size),
         }
-        times = {k: [] for k in models}
-        with torch.no_grad():
-            for img in images[:3]:  # warm-up
-                for pred in models.values():
-                    pred(img)
-            for img in images:
-                for name, pred in models.items():
-                    t0 = time.perf_counter()
-                    pred(img)
-                    times[name].append((time.perf_counter() - t0) * 1000)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med, _ = time_predictors(models, images)
         ratios[size] = med["retinaface"] / med["faster"]
         print(f"| {size}×{size} | {med['retinaface']:.1f} | {med['faster']:.1f} | {ratios[size]:.2f} |")
     return ratios

@@ -12,18 +12,13 @@ variant with the paper's deformable semantic head (random weights unless ``--ups
 only prints the PQ of trivial predictions (every pixel one stuff class), the chance level of the model card.
 """
 import argparse
-import os
-import statistics
-import sys
-import time
 
 import torch
 
 import segx  # noqa: F401
-from detectron2.data import DatasetCatalog, detection_utils
+from detectron2.data import DatasetCatalog
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rcnn_baselines import _predictor, train_step_times  # noqa: E402
+from common import dataset_images, predictor, print_table, time_predictors, train_step_times
 
 
 def main(argv=None):
@@ -45,35 +40,18 @@ def main(argv=None):
         return chance_pq(args.dataset)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {"UPSNet": _predictor(args.upsnet_config, args.upsnet),
-              "PanopticFPN": _predictor(args.panoptic_fpn_config, args.panoptic_fpn)}
+    models = {"PanopticFPN": predictor(args.panoptic_fpn_config, args.panoptic_fpn),
+              "UPSNet": predictor(args.upsnet_config, args.upsnet)}
     if args.dcn:
-        models["UPSNet (deformable)"] = _predictor(args.upsnet_config.replace(".yaml", "_dcn.yaml"), args.upsnet_dcn)
-    images = [detection_utils.read_image(d["file_name"], format="BGR") for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
-    times = {k: [] for k in models}
-    for img in images[:2]:  # warm-up
-        for pred in models.values():
-            pred(img)
-    for img in images:
-        for name, pred in models.items():
-            t0 = time.perf_counter()
-            pred(img)
-            times[name].append((time.perf_counter() - t0) * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads")
-    print("| model | median ms / image |")
-    print("|---|---:|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"ratio UPSNet / PanopticFPN: {med['UPSNet'] / med['PanopticFPN']:.2f}")
+        models["UPSNet (deformable)"] = predictor(args.upsnet_config.replace(".yaml", "_dcn.yaml"), args.upsnet_dcn)
+    images = dataset_images(args.dataset, args.num_images)
+    med, _ = time_predictors(models, images, warmup=2)
+    header = f"{len(images)} images of {args.dataset}, batch 1, CPU, {torch.get_num_threads()} threads"
+    print_table(med, "median ms / image", "PanopticFPN", header)
     if args.train_iters:
         train = train_step_times({k: v.cfg for k, v in models.items()}, args.train_iters, args.train_batch)
-        print(f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)")
-        print("| model | median s / iteration |")
-        print("|---|---:|")
-        for k, v in train.items():
-            print(f"| {k} | {v:.2f} |")
-        print(f"ratio UPSNet / PanopticFPN: {train['UPSNet'] / train['PanopticFPN']:.2f}")
+        header = f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)"
+        print_table(train, "median s / iteration", "PanopticFPN", header)
     return med
 
 

@@ -20,31 +20,10 @@ against detectron2's own Mask R-CNN R50-FPN config from its model zoo):
         INPUT.MAX_SIZE_TEST 550
 """
 import argparse
-import os
-import statistics
-import sys
-import time
 
-import numpy as np
 import torch
 
-import segx  # noqa: F401
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, detection_utils
-from detectron2.engine import DefaultPredictor
-
-from segx.config import add_segx_config
-
-
-def _predictor(config, weights, opts=()):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights or ""
-    cfg.freeze()
-    return DefaultPredictor(cfg)
+from common import dataset_images, predictor, random_images, time_predictors, train_step_times
 
 
 def main(argv=None):
@@ -64,37 +43,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {"YOLACT": _predictor(args.yolact_config, args.yolact, args.yolact_opts),
-              "Mask R-CNN": _predictor(args.mask_config, args.mask, args.mask_opts)}
-    if args.size:
-        rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.num_images)]
-    else:
-        images = [detection_utils.read_image(d["file_name"], format="BGR")
-                  for d in DatasetCatalog.get(args.dataset)[: args.num_images]]
-    times = {k: [] for k in models}
-    dets = {k: [] for k in models}
-    for img in images[:3]:  # warm-up
-        for pred in models.values():
-            pred(img)
-    for img in images:
-        for name, pred in models.items():
-            t0 = time.perf_counter()
-            out = pred(img)
-            times[name].append((time.perf_counter() - t0) * 1000)
-            dets[name].append(len(out["instances"]))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    models = {"YOLACT": predictor(args.yolact_config, args.yolact, args.yolact_opts),
+              "Mask R-CNN": predictor(args.mask_config, args.mask, args.mask_opts)}
+    images = random_images(args.size, args.num_images) if args.size else dataset_images(args.dataset, args.num_images)
+    med, dets = time_predictors(models, images)
     source = f"random {args.size}x{args.size}" if args.size else args.dataset
     print(f"{len(images)} images of {source}, batch 1, CPU, {torch.get_num_threads()} threads")
     print("| model | median ms / image | mean detections / image |")
     print("|---|---:|---:|")
     for k, v in med.items():
-        print(f"| {k} | {v:.1f} | {sum(dets[k]) / len(dets[k]):.1f} |")
+        print(f"| {k} | {v:.1f} | {dets[k]:.1f} |")
     print(f"ratio YOLACT / Mask R-CNN: {med['YOLACT'] / med['Mask R-CNN']:.2f}")
     if args.train_iters:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from rcnn_baselines import train_step_times
-
         train = train_step_times({k: v.cfg for k, v in models.items()}, args.train_iters, args.train_batch)
         print(f"\ntraining step, batch {args.train_batch}, {args.train_iters} steps each (after 2 warm-up)")
         print("| model | median s / iteration |")

@@ -9,45 +9,21 @@ The input is the official ``{'epoch', 'state_dict'}`` (a raw state_dict, or one 
 ``module.`` prefixes are dropped). The output is ``{"model": state_dict}`` as detectron2's checkpointer
 expects. ``--to-official`` converts the other way (segx checkpoint → ``{'epoch': 0, 'state_dict'}``).
 """
-import argparse
-import os
-
-import torch
+import sys
 
 from segx.checkpoint.centernet import official_to_segx, segx_to_official
-
-
-def _state_dict(obj, path):
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                return obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise SystemExit(f"{path}: not a state_dict (or a dict with 'state_dict' / 'model')")
+from segx.checkpoint.convert_cli import convert_cli
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input")
-    parser.add_argument("output")
-    parser.add_argument("--to-official", action="store_true", help="segx checkpoint → official key layout")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.input):
-        raise SystemExit(f"{args.input}: no such file")
-    sd = _state_dict(torch.load(args.input, map_location="cpu", weights_only=False), args.input)
-    try:
-        if args.to_official:
-            out = {"epoch": 0, "state_dict": segx_to_official(sd)}
-            n = len(out["state_dict"])
-        else:
-            out = {"model": official_to_segx(sd), "__author__": "xingyizhou/CenterNet (converted by segx)"}
-            n = len(out["model"])
-    except ValueError as e:
-        raise SystemExit(f"{args.input}: {e}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save(out, args.output)
-    print(f"wrote {n} tensors to {args.output}")
+    convert_cli(
+        argv if argv is not None else sys.argv[1:],
+        __doc__,
+        official_to_segx,
+        segx_to_official,
+        source="xingyizhou/CenterNet",
+        official_container=lambda sd: {"epoch": 0, "state_dict": sd},
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def test_cuda_extension_builds(tmp_path):
     build_temp = os.path.join(ROOT, "build", "cuda_build_test")
     cmd = [sys.executable, "setup.py", "build_ext", "--build-temp", build_temp, "--build-lib", str(tmp_path / "lib")]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     elapsed = time.time() - t0
     assert proc.returncode == 0, f"CUDA build failed after {elapsed:.0f}s:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     built = glob.glob(str(tmp_path / "lib" / "segx" / "_C*.so"))

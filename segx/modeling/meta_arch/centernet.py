@@ -13,9 +13,10 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 
+from segx.modeling.postprocessing import rescale_instances
 from segx.modeling.heatmaps import (
     GAUSSIAN_RADIUS_VARIANTS,
     draw_gaussian,
@@ -245,8 +246,4 @@ class CenterNet(nn.Module):
             results.append(inst)
         if not do_postprocess:
             return results
-        processed = []
-        for inst, x, image_size in zip(results, batched_inputs, images.image_sizes):
-            h, w = x.get("height", image_size[0]), x.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(inst, h, w)})
-        return processed
+        return rescale_instances(results, batched_inputs, images.image_sizes)

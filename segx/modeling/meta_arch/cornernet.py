@@ -18,9 +18,10 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_postprocess
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, ImageList, Instances
 
+from segx.modeling.postprocessing import rescale_instances
 from segx.modeling.corner_decoding import decode_corner_pairs, soft_nms_gaussian
 from segx.modeling.corner_pooling import CORNER_DIRECTIONS, CascadeCornerPoolModule, CornerPoolModule
 from segx.modeling.heatmaps import draw_gaussian, gather_at, gaussian_radius, heatmap_focal_loss
@@ -326,8 +327,4 @@ class CornerNet(nn.Module):
             results.append(inst)
         if not do_postprocess:
             return results
-        processed = []
-        for inst, x, image_size in zip(results, batched_inputs, images.image_sizes):
-            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(inst, height, width)})
-        return processed
+        return rescale_instances(results, batched_inputs, images.image_sizes)

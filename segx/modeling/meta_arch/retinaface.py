@@ -17,9 +17,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, batched_nms, get_norm
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 
+from segx.modeling.postprocessing import rescale_instances
 from segx.modeling.ssd_coding import (
     decode_boxes,
     decode_landmarks,
@@ -360,12 +360,7 @@ class RetinaFace(nn.Module):
             results.append(self._postprocess_single(scores_all[i], boxes_all[i], ldm_all[i], image_size))
         if not do_postprocess:
             return results
-        processed = []
-        for res, inp, image_size in zip(results, batched_inputs, images.image_sizes):
-            h = inp.get("height", image_size[0])
-            w = inp.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(res, h, w)})
-        return processed
+        return rescale_instances(results, batched_inputs, images.image_sizes)
 
     def _postprocess_single(self, scores, boxes, landmarks, image_size):
         # Top-k before the score threshold keeps the same set as the official threshold-then-top-k and keeps

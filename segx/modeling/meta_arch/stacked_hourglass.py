@@ -26,9 +26,9 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from segx.modeling.postprocessing import rescale_instances
 from segx.modeling.backbone.stacked_hourglass import RegressionHead, StackedHourglassNet
 from segx.modeling.heatmaps import argmax_decode, landmark_heatmaps
 
@@ -290,12 +290,7 @@ class StackedHourglass(nn.Module):
             results.append(res)
         if not do_postprocess:
             return results
-        processed = []
-        for res, x in zip(results, batched_inputs):
-            h = x.get("height", res.image_size[0])
-            w = x.get("width", res.image_size[1])
-            processed.append({"instances": detector_postprocess(res, h, w)})
-        return processed
+        return rescale_instances(results, batched_inputs)
 
     def _person_boxes(self, x, hw):
         inst = x.get("instances", None)

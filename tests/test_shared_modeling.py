@@ -97,7 +97,17 @@ def test_deform_conv_starts_as_plain_conv_and_learns_offsets(modulated):
 
 
 def test_evaluator_table():
-    assert {"coco", "coco_panoptic_seg", "sem_seg"} <= set(EVALUATOR_TYPES)
+    assert {"coco", "coco_panoptic_seg", "sem_seg", "pck", "face"} <= set(EVALUATOR_TYPES)
+    # every evaluator_type detectron2 gives its Cityscapes sets has an evaluator (no data needed to build them)
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import COCOPanopticEvaluator
+
+    for name in ["cityscapes_fine_panoptic_val", "cityscapes_fine_instance_seg_val", "cityscapes_fine_sem_seg_val"]:
+        etype = MetadataCatalog.get(name).evaluator_type
+        (evaluator,) = build_evaluator_by_type(etype, None, name, None)
+        assert evaluator.__class__.__name__.startswith(("Cityscapes", "COCOPanoptic")), (name, evaluator)
+    (pan,) = build_evaluator_by_type("cityscapes_panoptic_seg", None, "cityscapes_fine_panoptic_val", "/tmp")
+    assert isinstance(pan, COCOPanopticEvaluator)
 
     @register_evaluator_type("segx_test_dummy")
     def _dummy(cfg, dataset_name, output_folder):

@@ -1,5 +1,11 @@
 """``evaluator_type`` (dataset metadata) → builder of a detectron2 ``DatasetEvaluator``."""
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    SemSegEvaluator,
+)
 
 __all__ = ["EVALUATOR_TYPES", "register_evaluator_type", "build_evaluator_by_type"]
 
@@ -47,3 +53,21 @@ def _coco_panoptic(cfg, dataset_name, output_folder):
 @register_evaluator_type("sem_seg")
 def _sem_seg(cfg, dataset_name, output_folder):
     return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+
+# detectron2 registers the Cityscapes sets (cityscapes_fine_{instance_seg,sem_seg,panoptic}_*) with these types.
+@register_evaluator_type("cityscapes_panoptic_seg")
+def _cityscapes_panoptic(cfg, dataset_name, output_folder):
+    # Cityscapes panoptic ground truth is stored in COCO-panoptic form (cityscapesscripts' createPanopticImgs),
+    # so PQ comes from the COCO-panoptic evaluator, as in detectron2's Panoptic-DeepLab project.
+    return COCOPanopticEvaluator(dataset_name, output_folder)
+
+
+@register_evaluator_type("cityscapes_instance")
+def _cityscapes_instance(cfg, dataset_name, output_folder):
+    return CityscapesInstanceEvaluator(dataset_name)
+
+
+@register_evaluator_type("cityscapes_sem_seg")
+def _cityscapes_sem_seg(cfg, dataset_name, output_folder):
+    return CityscapesSemSegEvaluator(dataset_name)

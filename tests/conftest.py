@@ -29,8 +29,39 @@ def _cpu_threads():
     yield
 
 
-def small_rcnn_cfg(config="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", output_dir=None, **overrides):
-    """A config for fast CPU tests: the R-18 baseline with a short schedule."""
+# The one table of tiny CPU models for the tests: architecture -> (config file, overrides). Each shrinks the
+# architecture's CPU config to a model that builds and runs a step in seconds.
+TINY = {
+    "mask_rcnn": ("configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", {
+        "SOLVER.IMS_PER_BATCH": 4, "SOLVER.WARMUP_ITERS": 5}),
+    "yolact": ("configs/YOLACT/yolact_R_18_FPN_scratch.yaml", {
+        "MODEL.YOLACT.RESNET.WIDTH": 8, "MODEL.YOLACT.FPN.OUT_CHANNELS": 32, "MODEL.YOLACT.PROTO_CHANNELS": 32,
+        "MODEL.YOLACT.HEAD_CHANNELS": 32, "MODEL.YOLACT.NUM_PROTOTYPES": 8}),
+    "cornernet": ("configs/CornerNet/cornernet_hg_small_shapes.yaml", {
+        "MODEL.HOURGLASS_NET.STEM_CHANNELS": 8, "MODEL.HOURGLASS_NET.DIMS": [16, 16, 24],
+        "MODEL.HOURGLASS_NET.MODULES": [1, 1, 1], "MODEL.HOURGLASS_NET.NUM_STACKS": 2,
+        "MODEL.HOURGLASS_NET.OUT_CHANNELS": 16, "MODEL.CORNERNET.POOL_CHANNELS": 8,
+        "MODEL.CORNERNET.HEAD_CHANNELS": 16, "MODEL.CORNERNET.TOPK": 20, "MODEL.CORNERNET.NUM_CANDIDATES": 40,
+        "MODEL.CORNERNET.DETECTIONS_PER_IMAGE": 20}),
+    "centernet": ("configs/CenterNet/centernet_R_18_shapes.yaml", {
+        "MODEL.CENTERNET.RESNET_DECONV.WIDTH": 8, "MODEL.CENTERNET.RESNET_DECONV.DECONV_CHANNELS": [16, 16, 16],
+        "MODEL.CENTERNET.HEAD_CONV": 16}),
+    "hourglass": ("configs/Hourglass/hg2_gaussian_figures.yaml", {
+        "MODEL.STACKED_HOURGLASS.NUM_FEATURES": 16, "MODEL.STACKED_HOURGLASS.DEPTH": 3,
+        "MODEL.STACKED_HOURGLASS.INPUT_SIZE": 32, "MODEL.STACKED_HOURGLASS.NUM_KEYPOINTS": 4}),
+    "retinaface": ("configs/RetinaFace/retinaface_mnet025_synthetic.yaml", {}),
+    "upsnet": ("configs/UPSNet/upsnet_R_18_FPN_scratch.yaml", {
+        "SOLVER.IMS_PER_BATCH": 4, "SOLVER.WARMUP_ITERS": 5, "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.ROI_BOX_HEAD.FC_DIM": 64, "MODEL.ROI_MASK_HEAD.CONV_DIM": 32, "MODEL.UPSNET.SEM_CONV_DIM": 32,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, "INPUT.MIN_SIZE_TRAIN": (96,), "INPUT.MIN_SIZE_TEST": 96,
+        "INPUT.RANDOM_FLIP": "none", "MODEL.RPN.POST_NMS_TOPK_TEST": 50, "MODEL.UPSNET.PANOPTIC_TOPK": 10,
+        "TEST.DETECTIONS_PER_IMAGE": 10}),
+}
+
+
+def load_cfg(config, output_dir=None, **overrides):
+    """``config`` (a path relative to the repository) with segx's keys, on the CPU, loader in the main process,
+    and ``overrides`` ("A.B.C": value, values set as given)."""
     from detectron2.config import get_cfg
 
     from segx.config import add_segx_config
@@ -40,8 +71,6 @@ def small_rcnn_cfg(config="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", ou
     cfg.merge_from_file(os.path.join(REPO_ROOT, config))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.SOLVER.IMS_PER_BATCH = 4
-    cfg.SOLVER.WARMUP_ITERS = 5
     if output_dir is not None:
         cfg.OUTPUT_DIR = str(output_dir)
     for k, v in overrides.items():
@@ -49,5 +78,25 @@ def small_rcnn_cfg(config="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", ou
         *parents, leaf = k.split(".")
         for p in parents:
             node = getattr(node, p)
+        if leaf not in node:
+            raise KeyError(f"load_cfg: {k} is not a config key")
         setattr(node, leaf, v)
     return cfg
+
+
+def tiny_cfg(arch, config=None, output_dir=None, **overrides):
+    """The tiny CPU model of ``arch`` (a key of ``TINY``): its config (or ``config``, e.g. a paper config of the
+    same architecture) with the table's overrides, then ``overrides``."""
+    default_config, tiny = TINY[arch]
+    return load_cfg(config or default_config, output_dir=output_dir, **dict(tiny, **overrides))
+
+
+@pytest.fixture
+def make_tiny_cfg():
+    """The ``tiny_cfg`` function, for tests that prefer a fixture."""
+    return tiny_cfg
+
+
+def small_rcnn_cfg(config="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", output_dir=None, **overrides):
+    """A config for fast CPU tests: the R-18 baseline with a short schedule (``TINY["mask_rcnn"]``)."""
+    return tiny_cfg("mask_rcnn", config=config, output_dir=output_dir, **overrides)

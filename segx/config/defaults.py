@@ -7,6 +7,7 @@ from segx.config.centernet import add_centernet_config
 from segx.config.hourglass import add_hourglass_config
 from segx.config.retinaface import add_retinaface_config
 from segx.config.upsnet import add_upsnet_config
+from segx.config.renames import register_renamed_keys
 
 __all__ = ["add_segx_config"]
 
@@ -35,4 +36,8 @@ def add_segx_config(cfg):
     add_hourglass_config(cfg)
     add_retinaface_config(cfg)
     add_upsnet_config(cfg)
+    from segx.config import centernet, cornernet, hourglass, retinaface, upsnet, yolact
+
+    for module in (yolact, cornernet, centernet, hourglass, retinaface, upsnet):
+        register_renamed_keys(cfg, getattr(module, "RENAMED_KEYS", {}))
     return cfg

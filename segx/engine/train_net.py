@@ -14,7 +14,7 @@ import torch
 import segx  # noqa: F401  (compat bridges + registries, before detectron2's engine is used)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import DatasetEvaluators, verify_results
 from detectron2.utils import comm
@@ -24,6 +24,7 @@ from segx import _compat
 from segx.checkpoint import AtomicDetectionCheckpointer
 from segx.config import add_segx_config
 from segx.data.datasets import SYNTHETIC_SPECS, ensure_builtin_dataset
+from segx.data.mappers import build_mapper
 from segx.evaluation import build_evaluator_by_type
 
 __all__ = ["Trainer", "setup", "main", "cli", "build_evaluators_for"]
@@ -58,6 +59,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluators_for(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's train loader with the architecture's mapper (``segx.data.mappers``)."""
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
 
 
 def setup(args):

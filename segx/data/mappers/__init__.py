@@ -1,0 +1,9 @@
+"""Dataset mappers per architecture: detectron2's ``DatasetMapper`` plus the architecture's own input step
+(e.g. YOLACT's square resize) and training targets (heatmaps, crops), built in the loader workers instead of
+inside ``forward``.
+
+``build_mapper(cfg, is_train)`` returns the mapper registered for ``cfg.MODEL.META_ARCHITECTURE`` in
+``MAPPER_REGISTRY`` (detectron2's ``DatasetMapper`` when none is); ``segx``'s Trainer uses it for its train and
+test loaders.
+"""
+from .base import MAPPER_REGISTRY, TargetMapper, build_mapper  # noqa: F401

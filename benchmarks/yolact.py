@@ -6,8 +6,9 @@
 
 Both models run on the same synthetic validation images (128×128, so both see a 128×128 input), interleaved
 image by image so that load on a shared machine hits both alike, through detectron2's ``DefaultPredictor``
-(resize + model + postprocess to full-image masks, batch 1). Prints the median ms per image of each and the
-ratio YOLACT / Mask R-CNN. ``--train-iters N`` also times N training steps of each on the same batches
+(resize + model + postprocess to full-image masks, batch 1; YOLACT's model squares the predictor's resized
+image to MODEL.YOLACT.INPUT_SIZE, a no-op for the 128×128 synthetic images). Prints the median ms per image of
+each and the ratio YOLACT / Mask R-CNN. ``--train-iters N`` also times N training steps of each on the same batches
 (``benchmarks/rcnn_baselines.py``'s ``train_step_times``).
 
 The DESIGN.md §6 setting (550² input, random weights, thresholds at 0 so postprocessing handles 100 detections,

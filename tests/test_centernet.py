@@ -1,4 +1,6 @@
-"""CenterNet (objects as points): targets, decoding, end-to-end training, export, official-checkpoint conversion."""
+"""CenterNet (objects as points): targets (also from the mapper), decoding, end-to-end training, renamed keys,
+export, official-checkpoint conversion."""
+import copy
 import importlib.util
 import math
 import os
@@ -6,68 +8,99 @@ import os
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tiny_cfg
 from segx.checkpoint.centernet import official_to_segx, segx_to_official
-from segx.config import add_segx_config
+from segx.config.centernet import RENAMED_KEYS
 from segx.data import ensure_builtin_dataset
-from segx.modeling.heatmaps import gaussian_radius
-from segx.modeling.meta_arch.centernet import CenterNet, centernet_decode, centernet_targets
+from segx.data.mappers import build_mapper
+from segx.data.mappers.centernet import CenterNetMapper
+from segx.modeling.keypoints import CenterTargets, centernet_decode, gaussian_radius
+from segx.modeling.meta_arch.centernet import CenterNet
+from test_cornernet import assert_old_key_names_the_new_key
 
 CONFIG = "configs/CenterNet/centernet_R_18_shapes.yaml"
 
 
-def _cfg(config=CONFIG, **overrides):
-    """A tiny CPU model: ResNet-18 at width 8, deconvs 16, head conv 16 (unless overridden)."""
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    small = {"MODEL.CENTERNET.RESNET_DECONV.WIDTH": 8, "MODEL.CENTERNET.RESNET_DECONV.DECONV_CHANNELS": [16, 16, 16],
-             "MODEL.CENTERNET.HEAD_CONV": 16}
-    small.update(overrides)
-    for k, v in small.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, v)
-    return cfg
+def _cfg(**overrides):
+    """A tiny CPU model: ResNet-18 at width 8, deconvs 16, head channels 16 (unless overridden)."""
+    return tiny_cfg("centernet", **overrides)
 
 
-def _batch(cfg, n=4):
+def _batch(cfg, n=4, mapper=None):
     ensure_builtin_dataset("segx_shapes_train")
-    mapper = DatasetMapper(cfg, is_train=True)
-    return [mapper(dict(d)) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
+    mapper = mapper or DatasetMapper(cfg, is_train=True)
+    return [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
+
+
+def _targets(boxes, classes, num_classes=3, image_size=(64, 80), stride=4, **kw):
+    """One image's ``CenterTargets`` and their collation alone (flat index into its own map)."""
+    builder = CenterTargets(num_classes, stride, **kw)
+    t = builder(boxes, classes, image_size)
+    return t, builder.collate([t], t["map_size"])
 
 
 def test_targets_of_one_box():
     # input box 40x24 px at (10,20); stride 4 → output box (2.5, 5)-(12.5, 11): w 10, h 6, centre (7.5, 8)
     boxes = torch.tensor([[10.0, 20.0, 50.0, 44.0], [60.0, 60.0, 60.0, 70.0]])  # the second has zero width
-    heat, index, wh, off = centernet_targets(boxes, torch.tensor([2, 0]), 3, (16, 20), 4)
-    assert heat.shape == (3, 16, 20) and heat[0].sum() == 0 and heat[1].sum() == 0
+    t, batch = _targets(boxes, torch.tensor([2, 0]))
+    heat = t["heatmap"]
+    assert t["map_size"] == (16, 20) and heat.shape == (3, 16, 20) and heat[0].sum() == 0 and heat[1].sum() == 0
     assert heat[2, 8, 7] == 1 and (heat[2] == 1).sum() == 1
-    assert index.tolist() == [8 * 20 + 7]
-    torch.testing.assert_close(wh, torch.tensor([[10.0, 6.0]]))
-    torch.testing.assert_close(off, torch.tensor([[0.5, 0.0]]))
+    assert t["points"].tolist() == [[7, 8]] and batch["index"].tolist() == [8 * 20 + 7]
+    assert batch["batch"].tolist() == [0]
+    torch.testing.assert_close(t["size"], torch.tensor([[10.0, 6.0]]))
+    torch.testing.assert_close(t["offset"], torch.tensor([[0.5, 0.0]]))
     r = max(0, int(gaussian_radius(math.ceil(6.0), math.ceil(10.0), 0.7, "original")))  # 2.8 × 0.736 = 2.06 → 2
     assert r == 2 and (heat[2] > 0).sum() == (2 * r + 1) ** 2
     r_c = max(0, int(gaussian_radius(6, 10, 0.7, "corrected")))  # min(0.69, 0.61, 0.74) → 0: one pixel
-    heat_c, *_ = centernet_targets(boxes, torch.tensor([2, 0]), 3, (16, 20), 4, radius_variant="corrected")
-    assert r_c == 0 and (heat_c[2] > 0).sum() == 1
+    t_c, _ = _targets(boxes, torch.tensor([2, 0]), radius_variant="corrected")
+    assert r_c == 0 and (t_c["heatmap"][2] > 0).sum() == 1
     # boxes are clipped to the map (official: to W-1 / H-1 in output pixels)
-    _, _, wh2, _ = centernet_targets(torch.tensor([[-8.0, -8.0, 200.0, 12.0]]), torch.tensor([0]), 1, (16, 20), 4)
-    torch.testing.assert_close(wh2, torch.tensor([[19.0, 3.0]]))
-    empty = centernet_targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 3, (16, 20), 4)
-    assert empty[0].sum() == 0 and empty[1].numel() == 0
+    t2, _ = _targets(torch.tensor([[-8.0, -8.0, 200.0, 12.0]]), torch.tensor([0]), 1)
+    torch.testing.assert_close(t2["size"], torch.tensor([[19.0, 3.0]]))
+    empty, batch = _targets(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert empty["heatmap"].sum() == 0 and empty["points"].shape == (0, 2) and batch["index"].numel() == 0
     with pytest.raises(ValueError, match="NUM_CLASSES"):
-        centernet_targets(boxes[:1], torch.tensor([3]), 3, (16, 20), 4)
+        _targets(boxes[:1], torch.tensor([3]))
+
+
+def test_targets_of_a_padded_batch():
+    """Each image's map is its size padded to the model's divisibility / stride; the batch pads and indexes them."""
+    builder = CenterTargets(1, 4, 32)
+    small = builder(torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([0]), (60, 90))
+    large = builder(torch.tensor([[4.0, 4.0, 20.0, 20.0]]), torch.tensor([0]), (128, 160))
+    assert small["map_size"] == (16, 24) and large["map_size"] == (32, 40)
+    batch = builder.collate([small, large], (32, 40))
+    assert batch["heatmap"].shape == (2, 1, 32, 40) and batch["heatmap"][0, :, 16:].sum() == 0
+    assert batch["index"].tolist() == [6 * 40 + 6, 3 * 40 + 3] and batch["batch"].tolist() == [0, 1]
+
+
+def test_mapper_targets_equal_model_targets():
+    cfg = _cfg()
+    mapper = build_mapper(cfg, is_train=True)
+    assert isinstance(mapper, CenterNetMapper)
+    batch = _batch(cfg, 3, mapper=mapper)
+    model = build_model(cfg).train()
+    for x in batch:
+        inst = x["instances"]
+        own = model.target_builder(inst.gt_boxes.tensor, inst.gt_classes, tuple(x["image"].shape[-2:]))
+        assert x["targets"]["map_size"] == own["map_size"]
+        for key in ("heatmap", "points", "size", "offset"):
+            assert torch.equal(x["targets"][key], own[key]), key
+    with EventStorage(0):
+        with_targets = model(batch)
+        built_here = model([{k: v for k, v in x.items() if k != "targets"} for x in batch])
+    assert {k: float(v) for k, v in with_targets.items()} == {k: float(v) for k, v in built_here.items()}
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED_KEYS))
+def test_old_config_key_names_the_new_key(old, tmp_path):
+    assert_old_key_names_the_new_key(old, RENAMED_KEYS[old], CONFIG, tmp_path)
 
 
 def test_decode_planted_heatmap_returns_planted_boxes():
@@ -96,13 +129,15 @@ def test_model_inference_scales_planted_peaks_to_input_pixels():
     wh, off = torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16)
     wh[0, :, 6, 9] = torch.tensor([5.0, 3.0])
     off[0, :, 6, 9] = torch.tensor([0.5, 0.25])
-    model._head_outputs = lambda features: [(heat, wh, off)]
+    planted = {"heatmap": torch.logit(heat), "size": wh, "offset": off}
+    model.predict = lambda features, images: {"deconv": planted}
     out = model([{"image": torch.zeros(3, 64, 64), "height": 128, "width": 128}])[0]["instances"]
     assert len(out) == 1 and out.pred_classes.tolist() == [1] and float(out.scores) == pytest.approx(0.95)
     # centre (9.5, 6.25) ± (2.5, 1.5) output px, ×4 → input px, ×2 → the requested 128×128
     torch.testing.assert_close(out.pred_boxes.tensor, torch.tensor([[7.0, 4.75, 12.0, 7.75]]) * 8)
 
 
+@pytest.mark.slow
 def test_training_on_synthetic_data_lowers_every_loss():
     torch.manual_seed(0)
     cfg = _cfg()
@@ -113,7 +148,7 @@ def test_training_on_synthetic_data_lowers_every_loss():
     with EventStorage(0):
         for _ in range(40):
             losses = model(batch)
-            assert set(losses) == {"loss_hm", "loss_wh", "loss_off"}
+            assert set(losses) == {"loss_heatmap", "loss_size", "loss_offset"}
             opt.zero_grad()
             sum(losses.values()).backward()
             opt.step()
@@ -130,16 +165,16 @@ def test_empty_ground_truth_and_missing_instances():
     empty = Instances((64, 64), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))
     with EventStorage(0):
         losses = model([{"image": torch.rand(3, 64, 64) * 255, "instances": empty}])
-        assert float(losses["loss_wh"]) == 0 and float(losses["loss_off"]) == 0
-        assert torch.isfinite(losses["loss_hm"]) and float(losses["loss_hm"]) > 0
+        assert float(losses["loss_size"]) == 0 and float(losses["loss_offset"]) == 0
+        assert torch.isfinite(losses["loss_heatmap"]) and float(losses["loss_heatmap"]) > 0
         sum(losses.values()).backward()
         assert model.hm[-1].bias.grad is not None
-        with pytest.raises(ValueError, match="batched_inputs\\[0\\] has no 'instances'"):
+        with pytest.raises(ValueError, match="input 0 .* has no \\['instances'\\]"):
             model([{"image": torch.zeros(3, 64, 64)}])
 
 
 def test_inference_output_fields_and_topk():
-    cfg = _cfg(**{"MODEL.CENTERNET.TOPK": 7})
+    cfg = _cfg(**{"MODEL.CENTERNET.DETECTIONS_PER_IMAGE": 7})
     model = build_model(cfg).eval()
     with torch.no_grad():
         out = model([{"image": torch.rand(3, 64, 96) * 255, "height": 32, "width": 48}])
@@ -168,12 +203,12 @@ def test_hourglass_backbone_heads_per_stack():
     with torch.no_grad():
         inst = fresh([{"image": torch.rand(3, 64, 64) * 255}])[0]["instances"]
     # peaks of the last stack's heatmap (zero-score non-peaks are dropped by SCORE_THRESH_TEST = 0)
-    assert 0 < len(inst) <= cfg.MODEL.CENTERNET.TOPK and (inst.scores > 0).all()
+    assert 0 < len(inst) <= cfg.MODEL.CENTERNET.DETECTIONS_PER_IMAGE and (inst.scores > 0).all()
 
 
 def _dla_cfg(up_conv="dcn"):
     return _cfg(**{"MODEL.BACKBONE.NAME": "build_dla34_dcn_backbone", "MODEL.CENTERNET.IN_FEATURES": ["dla"],
-                   "MODEL.CENTERNET.DLA.WIDTH_DIV": 4, "MODEL.CENTERNET.DLA.UP_CONV": up_conv})
+                   "MODEL.DLA.WIDTH_DIV": 4, "MODEL.DLA.UP_CONV": up_conv})
 
 
 def _randomise(model, seed):
@@ -222,10 +257,12 @@ def test_converter_round_trip(tmp_path, variant):
     fresh.load_state_dict(torch.load(dst, weights_only=False)["model"])  # strict: every key, nothing extra
     x = [{"image": torch.rand(3, 64, 64) * 255}]
     with torch.no_grad():
-        a = model._head_outputs(model.backbone(model.preprocess_image(x).tensor))[0]
-        b = fresh._head_outputs(fresh.backbone(fresh.preprocess_image(x).tensor))[0]
-    for u, v in zip(a, b):
-        torch.testing.assert_close(u, v, rtol=0, atol=0)
+        images = model.preprocess_image(x)
+        a = model.predict(model.extract_features(images, x), images)["deconv" if variant == "resnet" else "dla"]
+        b = fresh.predict(fresh.extract_features(images, x), images)["deconv" if variant == "resnet" else "dla"]
+    assert set(a) == {"heatmap", "size", "offset"}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert official_to_segx(official).keys() == model.state_dict().keys()
     back = tmp_path / "back.pth"
     _converter().main([str(dst), str(back), "--to-official"])
@@ -260,7 +297,7 @@ def test_export_parity_resnet(tmp_path):
     model = _randomise(build_model(_cfg()), 4).eval()
     image = torch.rand(3, 64, 64) * 255
     report = export_model(model, image, str(tmp_path))
-    assert report.output_shapes[0][0] == model.topk
+    assert report.output_shapes[0][0] == model.detections_per_image
     assert report.torchscript_max_diff <= 1e-4
     assert report.onnx_error is None, report.onnx_error
     assert report.onnx_max_diff <= 1e-3
@@ -284,10 +321,10 @@ def test_export_parity_dla(tmp_path):
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="GAUSSIAN_RADIUS"):
-        build_model(_cfg(**{"MODEL.CENTERNET.GAUSSIAN_RADIUS": "fixed"}))
+    with pytest.raises(ValueError, match="GAUSSIAN_RADIUS_VARIANT"):
+        build_model(_cfg(**{"MODEL.CENTERNET.GAUSSIAN_RADIUS_VARIANT": "fixed"}))
     with pytest.raises(ValueError, match="not among the backbone's outputs"):
         build_model(_cfg(**{"MODEL.CENTERNET.IN_FEATURES": ["res5"]}))
     with pytest.raises(ValueError, match="UP_CONV"):
-        build_model(_cfg(**{"MODEL.BACKBONE.NAME": "build_dla34_dcn_backbone", "MODEL.CENTERNET.DLA.UP_CONV": "dcn2"}))
+        build_model(_cfg(**{"MODEL.BACKBONE.NAME": "build_dla34_dcn_backbone", "MODEL.DLA.UP_CONV": "dcn2"}))
     assert isinstance(build_model(_cfg()), CenterNet)

@@ -1,15 +1,28 @@
-"""CenterNet (keypoint triplets): centre targets, the central-region check on planted heatmaps, pooling modules,
-training on the synthetic shapes (every loss falls) and export parity."""
+"""CenterNet (keypoint triplets): centre targets (also from the mapper), the central-region check on planted
+heatmaps, pooling modules, training on the synthetic shapes (every loss falls), renamed keys and export parity."""
 import pytest
 import torch
 
 from detectron2.modeling import build_model
 
+from conftest import tiny_cfg
+from segx.config.cornernet import RENAMED_KEYS
 from segx.layers import corner_pool
-from segx.modeling.corner_decoding import center_region_check
-from segx.modeling.corner_pooling import CascadeCornerPoolModule, CenterPoolModule, CornerPoolModule
-from segx.modeling.meta_arch.cornernet import corner_targets
-from test_cornernet import EXPORT_OVERRIDES, assert_every_loss_falls, plant, tiny_cfg, train_steps
+from segx.modeling.keypoints import (
+    CascadeCornerPoolModule,
+    CenterPoolModule,
+    CornerPoolModule,
+    CornerTargets,
+    center_region_check,
+)
+from test_cornernet import (
+    EXPORT_OVERRIDES,
+    assert_every_loss_falls,
+    assert_mapper_targets_equal_model_targets,
+    assert_old_key_names_the_new_key,
+    plant,
+    train_steps,
+)
 
 TRIPLETS_CFG = "configs/CenterNetTriplets/centernet_triplets_hg_small_shapes.yaml"
 
@@ -26,17 +39,16 @@ def test_pooling_modules_keep_shape_and_center_pool_sees_row_and_column():
 
 
 def test_center_targets_use_the_wider_gaussian():
-    boxes = [torch.tensor([[10.0, 18.0, 70.0, 101.0]])]
-    classes = [torch.tensor([0])]
+    boxes, classes = torch.tensor([[10.0, 18.0, 70.0, 101.0]]), torch.tensor([0])
     kw = dict(min_overlap=0.7, radius_variant="original", kinds=("tl", "br", "ct"))
-    t5 = corner_targets(boxes, classes, 1, (32, 32), 0.25, center_sigma_divisor=5.0, **kw)
-    t6 = corner_targets(boxes, classes, 1, (32, 32), 0.25, center_sigma_divisor=6.0, **kw)
-    heat, index, offset = t5["ct"]
+    t5 = CornerTargets(1, 4, center_sigma_divisor=5.0, **kw)(boxes, classes, (128, 128))
+    t6 = CornerTargets(1, 4, center_sigma_divisor=6.0, **kw)(boxes, classes, (128, 128))
+    heat, points, offset = t5["ct"]["heatmap"], t5["ct"]["points"], t5["ct"]["offset"]
     # centre (40, 59.5) input px -> (10, 14.875) map px
-    assert heat[0, 0, 14, 10] == 1 and index[0, 0] == 14 * 32 + 10
-    torch.testing.assert_close(offset[0, 0], torch.tensor([0.0, 0.875]))
-    assert heat[0, 0, 14, 11] > t6["ct"][0][0, 0, 14, 11] > 0  # sigma = diameter/5 > diameter/6
-    assert (t5["tl"][0] == t6["tl"][0]).all()  # corners keep diameter/6
+    assert heat[0, 14, 10] == 1 and points.tolist() == [[10, 14]]
+    torch.testing.assert_close(offset[0], torch.tensor([0.0, 0.875]))
+    assert heat[0, 14, 11] > t6["ct"]["heatmap"][0, 14, 11] > 0  # sigma = diameter/5 > diameter/6
+    assert (t5["tl"]["heatmap"] == t6["tl"]["heatmap"]).all()  # corners keep diameter/6
 
 
 def test_center_region_check_rule():
@@ -58,7 +70,7 @@ def test_center_region_check_rule():
 
 
 def test_decoding_planted_triplets_keeps_boxes_with_a_centre():
-    cfg = tiny_cfg(TRIPLETS_CFG, **{"MODEL.CENTERNET_TRIPLETS.CENTER_TOPK": 3})
+    cfg = tiny_cfg("cornernet", TRIPLETS_CFG, **{"MODEL.CENTERNET_TRIPLETS.CENTER_TOPK_TEST": 3})
     model = build_model(cfg).eval()
     objects = [
         # box A with its centre keypoint (class 1) inside the middle third
@@ -69,8 +81,8 @@ def test_decoding_planted_triplets_keeps_boxes_with_a_centre():
         # box C (class 2): its centre keypoint lies outside the middle third -> rejected
         (2, {"tl": (1.0, 20.0), "br": (7.0, 31.0), "ct": (2.0, 25.0)}, -4.0, 0.85),
     ]
-    planted = plant(4, (32, 32), ("tl", "br", "ct"), objects)
-    model.predict = lambda images, stacks=None: planted
+    planted = plant(model, 4, (32, 32), objects)
+    model.predict = lambda features, images: planted
     inst = model([{"image": torch.zeros(3, 128, 128)}])[0]["instances"]
     assert len(inst) == 1, inst
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[8.5, 12.25, 20.0, 28.75]]) * 4)
@@ -78,12 +90,28 @@ def test_decoding_planted_triplets_keeps_boxes_with_a_centre():
     assert inst.pred_classes.tolist() == [1]
 
 
+def test_model_builds_the_centre_branch_and_mapper_targets_match():
+    cfg = tiny_cfg("cornernet", TRIPLETS_CFG)
+    model = build_model(cfg)
+    assert model.target_builder.kinds == ("tl", "br", "ct") and model.target_builder.center_sigma_divisor == 5.0
+    assert isinstance(model.pools["ct"][0], CenterPoolModule)
+    assert isinstance(model.pools["tl"][0], CascadeCornerPoolModule)
+    assert "ct" not in model.embedding_heads
+    assert_mapper_targets_equal_model_targets(cfg)
+
+
+@pytest.mark.slow
 def test_training_lowers_every_loss():
-    history = train_steps(tiny_cfg(TRIPLETS_CFG))
+    history = train_steps(tiny_cfg("cornernet", TRIPLETS_CFG))
     assert set(history[0]) == {
         "loss_tl_heatmap", "loss_br_heatmap", "loss_ct_heatmap", "loss_pull", "loss_push", "loss_offset"
     }
     assert_every_loss_falls(history)
+
+
+@pytest.mark.parametrize("old", sorted(k for k in RENAMED_KEYS if "CENTERNET_TRIPLETS" in k))
+def test_old_config_key_names_the_new_key(old, tmp_path):
+    assert_old_key_names_the_new_key(old, RENAMED_KEYS[old], TRIPLETS_CFG, tmp_path)
 
 
 def test_export_round_trip_matches_eager(tmp_path):
@@ -91,7 +119,7 @@ def test_export_round_trip_matches_eager(tmp_path):
     from segx.export import export_model
 
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(TRIPLETS_CFG, **EXPORT_OVERRIDES)).eval()
+    model = build_model(tiny_cfg("cornernet", TRIPLETS_CFG, **EXPORT_OVERRIDES)).eval()
     image = torch.rand(3, 64, 64) * 255
     report = export_model(model, image, str(tmp_path))
     assert report.output_shapes[0][0] > 0, "no detections: the round trip would compare empty tensors"

@@ -1,48 +1,27 @@
-"""CornerNet: hourglass backbone, embedding losses on a hand-computed case, targets, decoding of planted
-heatmaps, soft-NMS, training on the synthetic shapes (every loss falls, empty ground truth) and export parity."""
+"""CornerNet: hourglass backbone, embedding losses on a hand-computed case, targets (per image, collated, from the
+mapper), decoding of planted heatmaps, soft-NMS, training on the synthetic shapes (every loss falls, empty ground
+truth), renamed config keys and export parity."""
+import copy
 import math
-import os
+import re
 
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from conftest import REPO_ROOT
-from segx.config import add_segx_config
+from conftest import load_cfg, tiny_cfg
+from segx.config.cornernet import RENAMED_KEYS as CORNERNET_RENAMES
+from segx.data.mappers import build_mapper
+from segx.data.mappers.cornernet import CornerNetMapper
 from segx.modeling.backbone.hourglass import HourglassNet
-from segx.modeling.corner_decoding import soft_nms_gaussian
-from segx.modeling.heatmaps import gaussian_radius
-from segx.modeling.meta_arch.cornernet import associative_embedding_loss, corner_targets
+from segx.modeling.keypoints import CornerTargets, associative_embedding_loss, gaussian_radius, soft_nms_gaussian
 
-CORNERNET_CFG = "configs/CornerNet/cornernet_hg_small_shapes.yaml"
 # A random model pairs nothing (its corner maps peak in different classes, its embeddings drift): one class
 # and a loose embedding threshold keep detections flowing through the exported graph.
-EXPORT_OVERRIDES = {"MODEL.CORNERNET.NUM_CLASSES": 1, "MODEL.CORNERNET.EMBEDDING_THRESHOLD": 1e3}
-
-
-def tiny_cfg(config=CORNERNET_CFG, **overrides):
-    """The CPU config shrunk further for tests (8-16 channels, 2 stacks, 2 down-samplings)."""
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.MODEL.HOURGLASS_NET.STEM_CHANNELS = 8
-    cfg.MODEL.HOURGLASS_NET.DIMS = [16, 16, 24]
-    cfg.MODEL.HOURGLASS_NET.MODULES = [1, 1, 1]
-    cfg.MODEL.HOURGLASS_NET.NUM_STACKS = 2
-    cfg.MODEL.HOURGLASS_NET.OUT_CHANNELS = 16
-    cfg.MODEL.CORNERNET.POOL_CHANNELS = 8
-    cfg.MODEL.CORNERNET.HEAD_CHANNELS = 16
-    cfg.MODEL.CORNERNET.TOPK = 20
-    cfg.MODEL.CORNERNET.NUM_CANDIDATES = 40
-    cfg.MODEL.CORNERNET.DETECTIONS_PER_IMAGE = 20
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
+EXPORT_OVERRIDES = {"MODEL.CORNERNET.NUM_CLASSES": 1, "MODEL.CORNERNET.EMBEDDING_THRESH_TEST": 1e3}
 
 
 def test_hourglass_returns_one_feature_per_stack():
@@ -75,9 +54,13 @@ def test_pull_push_hand_computed():
 
 
 def test_corner_targets_positions_offsets_and_radius():
-    boxes = [torch.tensor([[10.0, 18.0, 70.0, 101.0]]), torch.zeros(0, 4)]
-    classes = [torch.tensor([2]), torch.zeros(0, dtype=torch.long)]
-    t = corner_targets(boxes, classes, 3, (32, 32), 0.25, min_overlap=0.3, radius_variant="corrected")
+    builder = CornerTargets(3, 4, min_overlap=0.3, radius_variant="corrected")
+    per_image = [
+        builder(torch.tensor([[10.0, 18.0, 70.0, 101.0]]), torch.tensor([2]), (128, 128)),
+        builder(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), (128, 128)),
+    ]
+    assert per_image[0]["map_size"] == (32, 32) and per_image[0]["tl"]["points"].tolist() == [[2, 4]]
+    t = builder.collate(per_image, (32, 32))
     heat, index, offset = t["tl"]
     assert heat.shape == (2, 3, 32, 32) and heat[1].sum() == 0 and t["mask"].tolist() == [[True], [False]]
     assert heat[0, 2, 4, 2] == 1 and (heat[0, 2] == 1).sum() == 1  # (10/4, 18/4) -> (2, 4)
@@ -91,7 +74,25 @@ def test_corner_targets_positions_offsets_and_radius():
     nonzero_cols = (heat[0, 2, 4] > 0).nonzero().flatten()
     assert nonzero_cols.max().item() == 2 + r  # the Gaussian's extent is the radius
     with pytest.raises(ValueError, match="class 5"):
-        corner_targets([boxes[0]], [torch.tensor([5])], 3, (32, 32), 0.25, min_overlap=0.3, radius_variant="corrected")
+        builder(torch.tensor([[10.0, 18.0, 70.0, 101.0]]), torch.tensor([5]), (128, 128))
+
+
+def test_corner_targets_of_a_padded_batch():
+    """Per-image maps follow the model's padding; a smaller image's maps are zero-padded to the batch's map and its
+    indices use the batch's width."""
+    builder = CornerTargets(1, 4, 32, min_overlap=0.3, radius_variant="corrected")
+    small = builder(torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([0]), (60, 90))  # padded to 64 x 96
+    large_boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [50.0, 60.0, 120.0, 100.0]])
+    large = builder(large_boxes, torch.tensor([0, 0]), (128, 160))
+    assert small["map_size"] == (16, 24) and large["map_size"] == (32, 40)
+    t = builder.collate([small, large], (32, 40))
+    heat, index, _ = t["br"]
+    assert heat.shape == (2, 1, 32, 40)
+    torch.testing.assert_close(heat[0, :, :16, :24], small["br"]["heatmap"])
+    assert heat[0, :, 16:].sum() == 0 and heat[0, :, :, 24:].sum() == 0
+    assert index[0].tolist() == [10 * 40 + 10, 0] and t["mask"].tolist() == [[True, False], [True, True]]
+    with pytest.raises(ValueError, match="do not fit"):
+        builder.collate([large], (16, 24))
 
 
 def test_soft_nms_gaussian_decays_same_class_only():
@@ -110,12 +111,12 @@ def _logit(p):
     return math.log(p / (1 - p))
 
 
-def plant(num_classes, size, kinds, objects, background_emb=100.0):
-    """Raw head outputs with one peak per planted keypoint: ``objects`` are (class, {kind: (x, y)} in map
-    pixels (float: integer part = peak, fraction = offset), embedding, score)."""
+def plant(model, num_classes, size, objects, background_emb=100.0):
+    """``model.predict``'s output (the last stack) with one peak per planted keypoint: ``objects`` are (class,
+    {kind: (x, y)} in map pixels (float: integer part = peak, fraction = offset), embedding, score)."""
     h, w = size
     out = {}
-    for kind in kinds:
+    for kind in model.keypoint_kinds:
         heat = torch.full((1, num_classes, h, w), -12.0)
         off = torch.zeros(1, 2, h, w)
         emb = torch.full((1, 1, h, w), background_emb)
@@ -127,19 +128,21 @@ def plant(num_classes, size, kinds, objects, background_emb=100.0):
             heat[0, cls, yi, xi] = _logit(score)
             off[0, :, yi, xi] = torch.tensor([x - xi, y - yi])
             emb[0, 0, yi, xi] = e
-        out[kind] = (heat, off, emb if kind in ("tl", "br") else None)
-    return [out]
+        out[kind] = {"heatmap": heat, "offset": off}
+        if kind in ("tl", "br"):
+            out[kind]["embedding"] = emb
+    return {model.in_features[-1]: out}
 
 
 def test_decoding_planted_heatmaps_returns_the_planted_boxes():
-    model = build_model(tiny_cfg()).eval()
+    model = build_model(tiny_cfg("cornernet")).eval()
     objects = [
         (1, {"tl": (8.5, 12.25), "br": (20.0, 28.75)}, 0.0, 0.9),
         (3, {"tl": (2.25, 3.5), "br": (30.5, 15.0)}, 3.0, 0.8),
         (1, {"tl": (5.0, 5.0)}, 10.0, 0.95),  # lonely corner: its embedding matches no bottom-right corner
     ]
-    planted = plant(4, (32, 32), ("tl", "br"), objects)
-    model.predict = lambda images, stacks=None: planted
+    planted = plant(model, 4, (32, 32), objects)
+    model.predict = lambda features, images: planted
     image = torch.zeros(3, 128, 128)
     inst = model([{"image": image, "height": 256, "width": 256}])[0]["instances"]
     assert len(inst) == 2, inst
@@ -151,14 +154,68 @@ def test_decoding_planted_heatmaps_returns_the_planted_boxes():
     assert inst.pred_classes.tolist() == [1, 3]
 
 
-def _mapper_batch(cfg, n, empty_index=None):
-    mapper = DatasetMapper(cfg, is_train=True)
-    batch = [mapper(d) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
+def test_predict_returns_named_outputs_per_stack():
+    cfg = tiny_cfg("cornernet")
+    model = build_model(cfg)
+    images = model.preprocess_image([{"image": torch.rand(3, 64, 64) * 255}])
+    features = model.extract_features(images, None)
+    out = model.predict(features, images)
+    assert list(out) == ["hg0", "hg1"] and set(out["hg1"]) == {"tl", "br"}
+    assert set(out["hg1"]["tl"]) == {"heatmap", "offset", "embedding"}
+    assert out["hg1"]["br"]["heatmap"].shape == (1, 4, 16, 16) and out["hg1"]["br"]["embedding"].shape == (1, 1, 16, 16)
+    assert list(model.eval().predict(features, images)) == ["hg1"]  # inference decodes the last stack only
+
+
+def _mapper_batch(cfg, n, empty_index=None, mapper=None):
+    mapper = mapper or DatasetMapper(cfg, is_train=True)
+    batch = [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
     if empty_index is not None:
         batch[empty_index]["instances"] = Instances(batch[empty_index]["instances"].image_size)
         batch[empty_index]["instances"].gt_boxes = Boxes(torch.zeros(0, 4))
         batch[empty_index]["instances"].gt_classes = torch.zeros(0, dtype=torch.long)
+        batch[empty_index].pop("targets", None)
     return batch
+
+
+def assert_mapper_targets_equal_model_targets(cfg):
+    """The mapper's per-image targets (built in the loader) equal the model's own, and so do the losses."""
+    mapper = build_mapper(cfg, is_train=True)
+    assert isinstance(mapper, CornerNetMapper)
+    torch.manual_seed(0)
+    batch = _mapper_batch(cfg, 3, mapper=mapper)
+    model = build_model(cfg).train()
+    assert all("targets" in x for x in batch)
+    for x in batch:
+        inst = x["instances"]
+        own = model.target_builder(inst.gt_boxes.tensor, inst.gt_classes, tuple(x["image"].shape[-2:]))
+        assert x["targets"]["map_size"] == own["map_size"]
+        for kind in model.keypoint_kinds:
+            for key in ("heatmap", "points", "offset"):
+                assert torch.equal(x["targets"][kind][key], own[kind][key]), (kind, key)
+    torch.manual_seed(0)
+    with_targets = model(batch)
+    without = [{k: v for k, v in x.items() if k != "targets"} for x in batch]
+    torch.manual_seed(0)
+    built_here = model(without)
+    assert set(with_targets) == set(built_here)
+    for k in with_targets:
+        assert float(with_targets[k]) == float(built_here[k]), k
+    # a mapper of another model geometry is caught, not silently used
+    wrong = copy.deepcopy(batch[0])
+    wrong["targets"]["map_size"] = (1, 1)
+    with pytest.raises(ValueError, match="mapper's config"):
+        model([wrong])
+
+
+def test_mapper_targets_equal_model_targets():
+    assert_mapper_targets_equal_model_targets(tiny_cfg("cornernet"))
+
+
+def test_mapper_without_training_adds_no_targets():
+    cfg = tiny_cfg("cornernet")
+    mapper = build_mapper(cfg, is_train=False)
+    x = mapper(copy.deepcopy(DatasetCatalog.get("segx_shapes_val")[0]))
+    assert "targets" not in x and mapper.target_builder is None
 
 
 def train_steps(cfg, steps=40, batch_size=4):
@@ -190,14 +247,15 @@ def assert_every_loss_falls(history, n=5):
         assert last < first, f"{key} did not fall: first {n} mean {first:.4f}, last {n} mean {last:.4f}"
 
 
+@pytest.mark.slow
 def test_training_lowers_every_loss():
-    history = train_steps(tiny_cfg())
+    history = train_steps(tiny_cfg("cornernet"))
     assert set(history[0]) == {"loss_tl_heatmap", "loss_br_heatmap", "loss_pull", "loss_push", "loss_offset"}
     assert_every_loss_falls(history)
 
 
 def test_end_to_end_with_empty_ground_truth():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("cornernet")
     model = build_model(cfg).train()
     batch = _mapper_batch(cfg, 2, empty_index=1)
     losses = model(batch)
@@ -219,12 +277,39 @@ def test_end_to_end_with_empty_ground_truth():
         model.train()([{"image": batch[0]["image"]}])
 
 
+def test_mixed_size_batch_trains_a_step():
+    cfg = tiny_cfg("cornernet")
+    model = build_model(cfg).train()
+    boxes = Instances((100, 70), gt_boxes=Boxes(torch.tensor([[5.0, 6.0, 60.0, 90.0]])), gt_classes=torch.tensor([1]))
+    batch = _mapper_batch(cfg, 1) + [{"image": torch.rand(3, 100, 70) * 255, "instances": boxes}]
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def assert_old_key_names_the_new_key(old, new, config, tmp_path):
+    """``old`` in a YAML and on the command line fails with an error that names ``new``."""
+    *parents, leaf = old.split(".")
+    path = tmp_path / "old_key.yaml"
+    path.write_text("".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: 1\n")
+    with pytest.raises(KeyError, match=re.escape(new)):
+        load_cfg(str(path))
+    with pytest.raises(KeyError, match=re.escape(new)):
+        load_cfg(config).merge_from_list([old, "1"])
+
+
+@pytest.mark.parametrize("old", sorted(CORNERNET_RENAMES))
+def test_old_config_key_names_the_new_key(old, tmp_path):
+    assert_old_key_names_the_new_key(old, CORNERNET_RENAMES[old], "configs/CornerNet/cornernet_hg_small_shapes.yaml",
+                                     tmp_path)
+
+
 def test_export_round_trip_matches_eager(tmp_path):
     pytest.importorskip("onnxruntime")
     from segx.export import export_model
 
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**EXPORT_OVERRIDES)).eval()
+    model = build_model(tiny_cfg("cornernet", **EXPORT_OVERRIDES)).eval()
     image = torch.rand(3, 64, 64) * 255
     report = export_model(model, image, str(tmp_path))
     assert report.output_shapes[0][0] > 0, "no detections: the round trip would compare empty tensors"

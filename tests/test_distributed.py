@@ -1,4 +1,5 @@
 """Multi-process training through detectron2's ``launch`` (GLOO on a CPU machine): ranks stay in sync."""
+import pytest
 import torch
 
 from detectron2.engine import launch
@@ -6,6 +7,7 @@ from detectron2.engine import launch
 from _dist_worker import train_and_dump
 
 
+@pytest.mark.slow
 def test_two_process_training_ends_with_identical_weights(tmp_path):
     launch(train_and_dump, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(str(tmp_path),))
     r0 = torch.load(tmp_path / "rank0.pth", weights_only=False)

@@ -78,7 +78,12 @@ def test_outputs_and_losses_match_the_pre_refactor_goldens(name, goldens, tmp_pa
 
 
 # Loss keys renamed to detectron2's vocabulary by the refactor: old → new.
-LOSS_RENAMES = {}
+LOSS_RENAMES = {
+    "loss_box": "loss_box_reg",  # YOLACT
+    "loss_hm": "loss_heatmap",  # CenterNet
+    "loss_wh": "loss_size",  # CenterNet
+    "loss_off": "loss_offset",  # CenterNet
+}
 
 
 def _renamed_losses(new, old):

@@ -1,10 +1,10 @@
-"""The shared heatmap mechanics (segx/modeling/heatmaps.py) against hand-worked values."""
+"""The shared heatmap mechanics (segx/modeling/keypoints/heatmaps.py) against hand-worked values."""
 import math
 
 import pytest
 import torch
 
-from segx.modeling.heatmaps import (
+from segx.modeling.keypoints.heatmaps import (
     argmax_decode,
     draw_gaussian,
     gather_at,

@@ -1,18 +1,21 @@
-"""Stacked Hourglass: heatmap encodings, decoding, the network, training, inference and export."""
+"""Stacked Hourglass: heatmap encodings, decoding, the network (a backbone), the mapper's targets, training,
+inference, export, renamed config keys and checkpoint names."""
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances, Keypoints
 
-from segx.config import add_segx_config
+from conftest import REPO_ROOT, load_cfg, tiny_cfg
 from segx.modeling.backbone.stacked_hourglass import Hourglass, PreActResidual, StackedHourglassNet
-from segx.modeling.heatmaps import argmax_decode, landmark_heatmaps
-from segx.modeling.meta_arch.stacked_hourglass import crop_grid, crop_to_image, image_to_crop, square_crops
+from segx.modeling.keypoints.heatmaps import argmax_decode, landmark_heatmaps
+from segx.modeling.landmarks import CropTargets, crop_grid, crop_to_image, image_to_crop, square_crops
+
+REGRESSION = "configs/Hourglass/hg2_regression_figures.yaml"
 
 
 def _seed_maps(point, size, sigma, kind):
@@ -87,10 +90,23 @@ def test_hourglass_network_shapes_and_recursion():
     res = PreActResidual(8, 16)
     assert isinstance(res.bn1, torch.nn.BatchNorm2d) and res.skip is not None  # BN-ReLU before each conv
     net = StackedHourglassNet(num_stacks=3, num_features=32, num_keypoints=5, depth=3)
-    heatmaps, feats = net(torch.randn(2, 3, 64, 64))
-    assert len(heatmaps) == 3 and all(h.shape == (2, 5, 16, 16) for h in heatmaps)
-    assert len(feats) == 3 and feats[0].shape == (2, 32, 16, 16)
+    out = net(torch.randn(2, 3, 64, 64))
+    assert sorted(out) == ["heatmap0", "heatmap1", "heatmap2", "hg0", "hg1", "hg2"]
+    assert all(out[f"heatmap{i}"].shape == (2, 5, 16, 16) and out[f"hg{i}"].shape == (2, 32, 16, 16) for i in range(3))
     assert len(net.merge_preds) == 2 and len(net.merge_features) == 2
+    shapes = net.output_shape()
+    assert shapes["hg1"].channels == 32 and shapes["heatmap1"].channels == 5 and shapes["hg0"].stride == 4
+    no_heads = StackedHourglassNet(num_stacks=2, num_features=16, num_keypoints=5, depth=2, predict_heatmaps=False)
+    assert sorted(no_heads(torch.randn(1, 3, 32, 32))) == ["hg0", "hg1"] and no_heads.merge_preds is None
+
+
+def test_network_is_built_through_build_backbone_from_its_own_node():
+    cfg = tiny_cfg("hourglass", **{"MODEL.STACKED_HOURGLASS_NET.NUM_STACKS": 3})
+    assert cfg.MODEL.BACKBONE.NAME == "build_stacked_hourglass_backbone"
+    net = build_backbone(cfg)
+    assert isinstance(net, StackedHourglassNet) and net.num_stacks == 3 and net.num_keypoints == 4
+    model = build_model(cfg)
+    assert isinstance(model.backbone, StackedHourglassNet) and not hasattr(model, "net")
 
 
 def test_crop_geometry_round_trip():
@@ -111,16 +127,11 @@ def test_crop_geometry_round_trip():
     assert torch.allclose(out, img, atol=1e-3)
 
 
-def tiny_cfg(**overrides):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file("configs/Hourglass/hg2_gaussian_figures.yaml")
-    cfg.MODEL.DEVICE = "cpu"
-    c = cfg.MODEL.STACKED_HOURGLASS
-    c.NUM_FEATURES, c.DEPTH, c.INPUT_SIZE, c.NUM_KEYPOINTS = 16, 3, 32, 4
-    for k, v in overrides.items():
-        setattr(c, k, v)
-    return cfg
+def hg_cfg(head="heatmap", **overrides):
+    """The tiny model (``TINY["hourglass"]``) with the heatmap or regression head and ``MODEL.STACKED_HOURGLASS``
+    ``overrides``."""
+    return tiny_cfg("hourglass", config=REGRESSION if head == "regression" else None,
+                    **{f"MODEL.STACKED_HOURGLASS.{k}": v for k, v in overrides.items()})
 
 
 def _inputs(n_images=3, k=4, size=64, empty=()):
@@ -145,10 +156,11 @@ def _inputs(n_images=3, k=4, size=64, empty=()):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,kind", [("heatmap", "gaussian"), ("heatmap", "cauchy"), ("regression", "gaussian")])
 def test_training_lowers_every_loss(head, kind):
     torch.manual_seed(0)
-    cfg = tiny_cfg(HEAD=head, HEATMAP_KIND=kind, AUG_SCALE=0.0, AUG_ROTATION=0.0)
+    cfg = hg_cfg(head, HEATMAP_KIND=kind, AUG_SCALE=0.0, AUG_ROTATION=0.0)
     model = build_model(cfg).train()
     data = _inputs()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -167,7 +179,7 @@ def test_training_lowers_every_loss(head, kind):
 
 
 def test_empty_ground_truth_gives_zero_losses_with_gradients():
-    model = build_model(tiny_cfg()).train()
+    model = build_model(hg_cfg()).train()
     data = _inputs(n_images=2, empty=(0, 1))
     losses = model(data)
     assert all(v.item() == 0 for v in losses.values())
@@ -179,7 +191,7 @@ def test_empty_ground_truth_gives_zero_losses_with_gradients():
 
 
 def test_missing_keypoints_and_bad_options_are_named():
-    model = build_model(tiny_cfg()).train()
+    model = build_model(hg_cfg()).train()
     data = _inputs(n_images=1)
     inst = Instances((64, 64))
     inst.gt_boxes = data[0]["instances"].gt_boxes
@@ -187,14 +199,19 @@ def test_missing_keypoints_and_bad_options_are_named():
     with pytest.raises(ValueError, match="KEYPOINT_ON"):
         model(data)
     with pytest.raises(ValueError, match="head"):
-        build_model(tiny_cfg(HEAD="soft-argmax"))
+        build_model(hg_cfg(HEAD="soft-argmax"))
     with pytest.raises(ValueError, match="divisible"):
-        build_model(tiny_cfg(INPUT_SIZE=40))
+        build_model(hg_cfg(INPUT_SIZE=40))
+    # the head and the backbone's heatmap heads must agree (the error names the backbone key)
+    with pytest.raises(ValueError, match="STACKED_HOURGLASS_NET.PREDICT_HEATMAPS"):
+        build_model(hg_cfg(HEAD="regression"))
+    with pytest.raises(ValueError, match="STACKED_HOURGLASS_NET.PREDICT_HEATMAPS"):
+        build_model(hg_cfg("regression", HEAD="heatmap"))
 
 
 @pytest.mark.parametrize("head", ["heatmap", "regression"])
 def test_inference_outputs_keypoints_in_image_coordinates(head):
-    model = build_model(tiny_cfg(HEAD=head)).eval()
+    model = build_model(hg_cfg(head)).eval()
     data = _inputs(n_images=2)
     data[1].pop("instances")  # no boxes: the whole image is the person crop
     data[1]["height"], data[1]["width"] = 128, 96  # resized back to the original image
@@ -219,7 +236,7 @@ def test_export_torchscript_and_onnx_match_eager(tmp_path):
 
     torch.manual_seed(0)
     for head in ("heatmap", "regression"):
-        model = build_model(tiny_cfg(HEAD=head)).eval()
+        model = build_model(hg_cfg(head)).eval()
         image = torch.rand(3, 64, 48) * 255
         report = export_model(model, image, str(tmp_path / head))
         assert report.output_shapes[0][0] == 1
@@ -228,8 +245,10 @@ def test_export_torchscript_and_onnx_match_eager(tmp_path):
         assert report.onnx_max_diff <= 1e-3, head
 
 
+@pytest.mark.slow
 def test_trainer_and_evaluator_on_the_synthetic_figures(tmp_path):
-    """detectron2's DatasetMapper (KEYPOINT_ON) → model → PCK evaluator, through segx's Trainer."""
+    """StackedHourglassMapper (DatasetMapper with KEYPOINT_ON + crop targets) → model → PCK evaluator, through
+    segx's Trainer."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from segx.engine.train_net import Trainer
@@ -240,7 +259,7 @@ def test_trainer_and_evaluator_on_the_synthetic_figures(tmp_path):
         meta = MetadataCatalog.get("segx_figures_val").as_dict()
         meta.pop("name")
         MetadataCatalog.get(name).set(**meta)
-    cfg = tiny_cfg(NUM_KEYPOINTS=16)
+    cfg = tiny_cfg("hourglass", **{"MODEL.STACKED_HOURGLASS_NET.NUM_KEYPOINTS": 16})
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = (name,)
     cfg.DATALOADER.NUM_WORKERS = 0
@@ -254,3 +273,98 @@ def test_trainer_and_evaluator_on_the_synthetic_figures(tmp_path):
     trainer.train()
     res = Trainer.test(cfg, trainer.model)["keypoints_pck"]
     assert res["num_people"] == 6 and 0 <= res["PCK@0.2"] <= 100
+
+
+# ---------------------------------------------------------------- mapper targets, config keys, checkpoints
+
+
+def _mapped_figures(cfg, n=3):
+    from detectron2.data import DatasetCatalog
+
+    from segx.data.mappers import build_mapper
+
+    mapper = build_mapper(cfg, is_train=True)
+    return mapper, [mapper(copy.deepcopy(d)) for d in DatasetCatalog.get("segx_figures_train")[:n]]
+
+
+def _without_targets(inputs):
+    return [{k: v for k, v in x.items() if k != "targets"} for x in inputs]
+
+
+@pytest.mark.parametrize("head", ["heatmap", "regression"])
+def test_mapper_targets_equal_the_model_built_ones(head):
+    from segx.data.mappers.hourglass import StackedHourglassMapper
+
+    cfg = hg_cfg(head, AUG_SCALE=0.0, AUG_ROTATION=0.0)
+    cfg.MODEL.STACKED_HOURGLASS_NET.NUM_KEYPOINTS = 16  # the figures' joints
+    mapper, mapped = _mapped_figures(cfg)
+    assert isinstance(mapper, StackedHourglassMapper)
+    model = build_model(cfg).train()
+    for x in mapped:
+        built = model.crop_targets(x["instances"])
+        assert set(x["targets"]) == set(built) and ("heatmaps" in built) == (head == "heatmap")
+        for k, v in built.items():
+            assert torch.equal(x["targets"][k], v), k
+        if head == "heatmap":
+            assert x["targets"]["heatmaps"].shape == (len(x["instances"]), 16, 8, 8)
+    with_targets = model(mapped)
+    without = model(_without_targets(mapped))
+    assert {k: v.item() for k, v in with_targets.items()} == {k: v.item() for k, v in without.items()}
+    # the test mapper adds no targets
+    from detectron2.data import DatasetCatalog
+
+    from segx.data.mappers import build_mapper
+
+    record = copy.deepcopy(DatasetCatalog.get("segx_figures_val")[0])
+    assert "targets" not in build_mapper(cfg, is_train=False)(record)
+
+
+def test_jittered_mapper_targets_are_what_the_model_trains_on():
+    cfg = hg_cfg(AUG_SCALE=0.3, AUG_ROTATION=30.0, AUG_ROTATION_PROB=1.0)
+    cfg.MODEL.STACKED_HOURGLASS_NET.NUM_KEYPOINTS = 16
+    mapper, mapped = _mapped_figures(cfg)
+    torch.manual_seed(3)
+    for x in mapped:  # the mapper's draws, in the order the model makes them
+        x["targets"] = mapper.crop_targets(x["instances"])
+    assert (mapped[0]["targets"]["half"] != square_crops(mapped[0]["instances"].gt_boxes.tensor, 1.35)[1]).all()
+    assert (mapped[0]["targets"]["sin"] != 0).all()
+    model = build_model(cfg).train()
+    from_mapper = model(mapped)
+    torch.manual_seed(3)
+    from_model = model(_without_targets(mapped))
+    torch.manual_seed(4)
+    other_draws = model(_without_targets(mapped))
+    assert {k: v.item() for k, v in from_mapper.items()} == {k: v.item() for k, v in from_model.items()}
+    assert from_mapper["loss_stack0"].item() != other_draws["loss_stack0"].item()
+
+
+@pytest.mark.parametrize("old,new", [
+    ("MODEL.STACKED_HOURGLASS.NUM_STACKS", "MODEL.STACKED_HOURGLASS_NET.NUM_STACKS"),
+    ("MODEL.STACKED_HOURGLASS.NUM_FEATURES", "MODEL.STACKED_HOURGLASS_NET.NUM_FEATURES"),
+    ("MODEL.STACKED_HOURGLASS.NUM_KEYPOINTS", "MODEL.STACKED_HOURGLASS_NET.NUM_KEYPOINTS"),
+    ("MODEL.STACKED_HOURGLASS.MERGE_PREDICTIONS", "MODEL.STACKED_HOURGLASS_NET.MERGE_PREDICTIONS"),
+])
+def test_old_config_keys_raise_an_error_naming_the_new_key(old, new, tmp_path):
+    from segx.config import RENAMED_KEYS
+
+    assert RENAMED_KEYS[old] == new
+    with pytest.raises(KeyError, match=new.replace(".", r"\.")):
+        tiny_cfg("hourglass").merge_from_list([old, "4"])
+    *node, leaf = old.split(".")[1:]
+    base = f"{REPO_ROOT}/configs/Hourglass/Base-Hourglass-figures.yaml"
+    path = tmp_path / "old.yaml"
+    path.write_text(f'_BASE_: "{base}"\nMODEL:\n  {node[0]}:\n    {leaf}: 4\n')
+    with pytest.raises(KeyError, match=new.replace(".", r"\.")):
+        load_cfg(str(path))
+
+
+def test_checkpoints_with_the_pre_refactor_names_load():
+    """Before issue 12 the network was the meta-arch's ``net``; ``CHECKPOINT_RENAMES`` maps it to ``backbone``."""
+    model = build_model(hg_cfg())
+    state = {k: (v + 1 if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    old = {("net." + k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in state.items()}
+    assert any(k.startswith("net.heads.") for k in old)
+    fresh = build_model(hg_cfg())
+    fresh.load_state_dict(old)  # strict
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, state[k]), k

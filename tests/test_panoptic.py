@@ -1,4 +1,6 @@
-"""segx.modeling.panoptic: UPSNet's parameter-free panoptic head, its targets, mask removal and the merge."""
+"""segx.modeling.panoptic: the parameter-free panoptic head, its targets and losses, instance selection, mask removal
+and the merge."""
+import pytest
 import torch
 
 from segx.modeling.panoptic import (
@@ -125,3 +127,49 @@ def test_merge_gives_non_overlapping_segments_with_correct_segments_info():
     seg2, info2 = merge_panoptic_logits(logits, s, classes, scores, stuff_area_limit=19)
     assert [x["category_id"] for x in info2 if not x["isthing"]] == [1]
     assert (seg2 == 0).sum() == 1 + 18
+
+
+def test_selection_thresholds_suppresses_across_classes_and_clips():
+    from segx.modeling.panoptic import select_panoptic_instances
+
+    # 3 proposals, 2 classes (+ background): per-class boxes [R, 2*4]
+    boxes = torch.tensor([
+        [0.0, 0.0, 10, 10, 1, 1, 11, 11],  # proposal 0: class 0 box, class 1 box (overlapping)
+        [20.0, 20, 30, 30, 20, 20, 40, 40],  # proposal 1: class 1 box runs past the 32x32 image
+        [0.0, 0.0, 5, 5, 0, 0, 5, 5],
+    ])
+    scores = torch.tensor([[0.9, 0.8, 0.0], [0.1, 0.7, 0.2], [0.3, 0.2, 0.5]])
+    sel = select_panoptic_instances(boxes, scores, (32, 32), score_thresh=0.5, nms_thresh=0.5, topk=10)
+    # (0, class 0) 0.9 wins over its overlapping (0, class 1) 0.8 (class-agnostic NMS); (1, class 1) 0.7 clipped
+    assert sel.scores.tolist() == pytest.approx([0.9, 0.7])
+    assert sel.pred_classes.tolist() == [0, 1]
+    assert sel.pred_boxes.tensor.tolist() == [[0, 0, 10, 10], [20, 20, 32, 32]]
+    assert len(select_panoptic_instances(boxes, scores, (32, 32), 0.5, 0.5, topk=1)) == 1
+
+
+def test_kept_instances_draw_and_cross_entropy_of_all_ignored_pixels():
+    import numpy as np
+
+    from segx.modeling.panoptic import cross_entropy_with_ignore, sample_kept_instances
+
+    np.random.seed(0)
+    a = sample_kept_instances(10, 0.7)
+    np.random.seed(0)
+    assert torch.equal(a, sample_kept_instances(10, 0.7)) and int(a.sum()) == 7
+    assert int(sample_kept_instances(1, 0.7).sum()) == 1 and bool(sample_kept_instances(3, 1.0).all())
+    assert sample_kept_instances(0, 0.7).shape == (0,)
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = cross_entropy_with_ignore(logits, torch.full((1, 4, 4), 255), 255)
+    loss.backward()
+    assert float(loss) == 0 and logits.grad is not None
+
+
+def test_roi_loss_samples_labels_inside_each_box():
+    from segx.modeling.panoptic import sample_labels_in_boxes, semantic_roi_loss
+
+    labels = torch.arange(16).view(1, 4, 4)
+    rois = torch.tensor([[0.0, 2, 0, 4, 2]])  # columns 2-3, rows 0-1
+    assert sample_labels_in_boxes(labels, rois, 2)[0].tolist() == [[2, 3], [6, 7]]
+    sem_logits = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    empty = semantic_roi_loss(sem_logits, torch.zeros(1, 4, 4, dtype=torch.long), [torch.zeros(0, 4)], 2, 4, 255)
+    assert float(empty) == 0 and empty.requires_grad

@@ -1,20 +1,19 @@
-"""RetinaFace: priors, SSD coding, the −1 landmark rule, training, inference, export, checkpoint conversion."""
+"""RetinaFace: priors, SSD coding, the −1 landmark rule, named steps, training, inference, export, checkpoint
+conversion, renamed config keys."""
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, Keypoints
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_cfg, tiny_cfg
 from segx.checkpoint.retinaface import official_to_segx, segx_to_official
-from segx.config import add_segx_config
 from segx.data.synthetic_faces import FaceSpec, render_face_scene
-from segx.modeling.meta_arch.retinaface import retinaface_priors
+from segx.modeling.retinaface import retinaface_priors
 from segx.modeling.ssd_coding import decode_boxes, decode_landmarks, encode_boxes, encode_landmarks
 
 MNET_SYN = "configs/RetinaFace/retinaface_mnet025_synthetic.yaml"
@@ -23,18 +22,15 @@ OFFICIAL_SIZES = [[16, 32], [64, 128], [256, 512]]
 
 
 def make_cfg(config=MNET_SYN, **overrides):
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    for k, v in overrides.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, v)
-    return cfg
+    """``TINY["retinaface"]`` (the MobileNet synthetic config), or another RetinaFace config, with ``overrides``."""
+    return tiny_cfg("retinaface", config=config, **overrides)
+
+
+def run_steps(model, inputs):
+    """The named steps of inference up to the raw network outputs: ``(images, features, predictions)``."""
+    images = model.preprocess_image(inputs)
+    features = model.extract_features(images, inputs)
+    return images, features, model.predict(features, images)
 
 
 def face_dicts(n, seed=5, spec=None):
@@ -96,9 +92,12 @@ def test_prior_grid_is_ceil_of_size_over_step_and_matches_model():
     assert priors.shape[0] == expected
     model = build_model(make_cfg()).eval()
     with torch.no_grad():
-        cls, box, ldm, model_priors = model.forward_features(torch.zeros(1, 3, 100, 130))
-    assert cls.shape == (1, expected, 2) and box.shape == (1, expected, 4) and ldm.shape == (1, expected, 10)
-    torch.testing.assert_close(model_priors / torch.tensor([130.0, 100.0, 130.0, 100.0]), priors)
+        _, features, pred = run_steps(model, [{"image": torch.zeros(3, 100, 130)}])
+    assert sorted(features) == ["p3", "p4", "p5"] and features["p4"].shape == (1, 64, 7, 9)
+    assert sorted(pred) == ["box_deltas", "landmark_deltas", "logits", "priors"]
+    assert pred["logits"].shape == (1, expected, 2) and pred["box_deltas"].shape == (1, expected, 4)
+    assert pred["landmark_deltas"].shape == (1, expected, 10)
+    torch.testing.assert_close(pred["priors"] / torch.tensor([130.0, 100.0, 130.0, 100.0]), priors)
 
 
 def test_box_and_landmark_coding_round_trip():
@@ -216,6 +215,7 @@ def test_inference_limits_and_rescaling():
     torch.testing.assert_close(raw.pred_keypoints[:, :, 2], raw.scores[:, None].expand(-1, 5))
 
 
+@pytest.mark.slow
 def test_training_lowers_every_loss():
     torch.manual_seed(0)
     cfg = make_cfg()
@@ -283,7 +283,7 @@ def _calibrated_model(config=MNET_SYN):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None
     with torch.no_grad():
-        model.forward_features(model.preprocess_image([x]).tensor)
+        run_steps(model, [x])
     return model.eval(), x["image"]
 
 
@@ -358,6 +358,7 @@ def test_converter_key_layout_and_errors():
         official_to_segx({"roi_heads.box_predictor.weight": torch.zeros(1)})
 
 
+@pytest.mark.slow
 def test_trainer_trains_and_evaluates_on_a_written_face_set(tmp_path):
     """detectron2's loader + DatasetMapper (KEYPOINT_ON, flips) + segx's Trainer + the "face" evaluator."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -383,3 +384,42 @@ def test_trainer_trains_and_evaluates_on_a_written_face_set(tmp_path):
         for n in names:
             DatasetCatalog.remove(n)
             MetadataCatalog.remove(n)
+
+
+# ---------------------------------------------------------------- steps, config keys
+
+
+def test_extract_features_is_the_seam_for_other_features():
+    """A subclass (a video architecture, say) that scales the stride-32 level sees predictions change on that
+    level's priors only."""
+    torch.manual_seed(0)
+    model, image = _calibrated_model()
+    x = [{"image": image}]
+    with torch.no_grad():
+        _, features, pred = run_steps(model, x)
+        scaled = dict(features, p5=features["p5"] * 3.0)
+        pred2 = model.predict(scaled, model.preprocess_image(x))
+    n5 = 2 * 4 * 4  # 128² input: 2 priors × 4 × 4 locations at stride 32, the last ones
+    torch.testing.assert_close(pred2["logits"][:, :-n5], pred["logits"][:, :-n5])
+    assert not torch.allclose(pred2["logits"][:, -n5:], pred["logits"][:, -n5:])
+    raw = model.decode(pred, model.preprocess_image(x), x)[0]
+    torch.testing.assert_close(raw.pred_boxes.tensor, model.inference(x, do_postprocess=False)[0].pred_boxes.tensor)
+
+
+@pytest.mark.parametrize("old,new", [
+    ("MODEL.RETINAFACE.BOX_WEIGHT", "MODEL.RETINAFACE.BOX_LOSS_WEIGHT"),
+    ("MODEL.RETINAFACE.CLS_WEIGHT", "MODEL.RETINAFACE.CLS_LOSS_WEIGHT"),
+    ("MODEL.RETINAFACE.LANDMARK_WEIGHT", "MODEL.RETINAFACE.LANDMARK_LOSS_WEIGHT"),
+])
+def test_old_config_keys_raise_an_error_naming_the_new_key(old, new, tmp_path):
+    from segx.config import RENAMED_KEYS
+
+    assert RENAMED_KEYS[old] == new
+    with pytest.raises(KeyError, match=new.replace(".", r"\.")):
+        make_cfg().merge_from_list([old, "3.0"])
+    path = tmp_path / "old.yaml"
+    path.write_text(f'_BASE_: "{REPO_ROOT}/{MNET_SYN}"\nMODEL:\n  RETINAFACE:\n    {old.split(".")[-1]}: 3.0\n')
+    with pytest.raises(KeyError, match=new.replace(".", r"\.")):
+        load_cfg(str(path))
+    # the new key is what the loss uses
+    assert sorted(build_model(make_cfg(**{new: 3.0})).loss_weights.values()).count(3.0) == 1

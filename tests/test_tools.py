@@ -27,6 +27,7 @@ def test_console_script_and_argument_errors():
     assert res.returncode != 0 and "--config-file is required" in res.stderr
 
 
+@pytest.mark.slow
 def test_train_net_trains_evaluates_and_eval_only(tmp_path):
     common = [sys.executable, "tools/train_net.py", "--config-file", CONFIG]
     opts = ["OUTPUT_DIR", str(tmp_path), "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",

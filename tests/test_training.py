@@ -20,6 +20,7 @@ def _losses(output_dir):
     return [r["total_loss"] for r in rows if "total_loss" in r]
 
 
+@pytest.mark.slow
 def test_a_few_iterations_lower_the_loss(tmp_path):
     torch.manual_seed(0)
     cfg = small_rcnn_cfg(output_dir=tmp_path, **{"SOLVER.MAX_ITER": 40, "SOLVER.CHECKPOINT_PERIOD": 1000, "SOLVER.BASE_LR": 0.01})
@@ -83,6 +84,7 @@ class _CrashAt(HookBase):
             raise KeyboardInterrupt("simulated kill")
 
 
+@pytest.mark.slow
 def test_resume_continues_a_killed_run(tmp_path):
     cfg = small_rcnn_cfg(output_dir=tmp_path, **{"SOLVER.MAX_ITER": 8, "SOLVER.CHECKPOINT_PERIOD": 3})
     cfg.MODEL.MASK_ON = False

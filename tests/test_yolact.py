@@ -1,48 +1,34 @@
-"""YOLACT / YOLACT++: anchors, matching, Fast NMS, losses, converter, training, export (CPU, tiny models)."""
+"""YOLACT / YOLACT++: anchors, FPN phases, matching, Fast NMS, losses, the model's steps, the square-resize
+mapper, renamed config keys, converter, training, export (CPU, tiny models)."""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.ops import nms
 
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils
+from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_cfg, tiny_cfg
 from segx.checkpoint.yolact import ConversionError, convert_official_state_dict, to_official_state_dict
-from segx.config import add_segx_config
-from segx.modeling.backbone.yolact_fpn import YolactFPN
-from segx.modeling.backbone.yolact_resnet import YolactResNet, dcn_block_flags
+from segx.data.mappers import build_mapper
+from segx.data.mappers.yolact import YolactMapper
+from segx.modeling.backbone.resnet import dcn_block_flags
 from segx.modeling.fast_nms import fast_nms_keep, multiclass_fast_nms
-from segx.modeling.meta_arch.yolact import (
-    crop_boxes,
-    make_priors,
-    normalized_mask_loss,
-    ohem_classification_loss,
-)
+from segx.modeling.meta_arch.yolact import YOLACT
 from segx.modeling.ssd_coding import decode_boxes
+from segx.modeling.yolact import crop_boxes, make_priors, normalized_mask_loss, ohem_classification_loss
 
 SMALL = "configs/YOLACT/yolact_R_18_FPN_scratch.yaml"
-
-
-def tiny_cfg(config=SMALL, **overrides):
-    """The CPU config shrunk further for tests: width 8, 32 channels, 8 prototypes."""
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, config))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    y = cfg.MODEL.YOLACT
-    y.RESNET.WIDTH, y.FPN.OUT_CHANNELS, y.PROTO_CHANNELS, y.HEAD_CHANNELS, y.NUM_PROTOTYPES = 8, 32, 32, 32, 8
-    for k, v in overrides.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, v)
-    return cfg
+PLUS = {  # YOLACT++ parts on the tiny model: DCN blocks, 3×3 anchors, mask re-scoring (needs ≥ 63² prototypes)
+    "MODEL.YOLACT.MASKIOU_ON": True, "MODEL.YOLACT.INPUT_SIZE": 256, "MODEL.TV_RESNET.DCN_LAYERS": [0, 2, 2, 2],
+    "MODEL.TV_RESNET.DCN_INTERVAL": 1, "MODEL.YOLACT.SQUARE_ANCHORS": False,
+    "MODEL.YOLACT.ANCHOR_SCALES": [[s, s * 1.26, s * 1.587] for s in (8.0, 16.0, 32.0, 64.0, 128.0)],
+}
 
 
 def _instances(boxes, classes, size):
@@ -57,10 +43,16 @@ def _instances(boxes, classes, size):
     return inst
 
 
-# ---------------------------------------------------------------- anchors
+def _run_steps(model, inputs):
+    """The model's steps by hand: images, features, predictions."""
+    images = model.preprocess_image(inputs)
+    features = model.extract_features(images, inputs)
+    return images, features, model.predict(features, images)
+
+
+# ---------------------------------------------------------------- anchors, FPN
 def test_anchor_count_and_layout_at_550():
-    bottom_up = YolactResNet(depth=18, width=8, norm="BN")
-    fpn = YolactFPN(bottom_up, out_channels=8).eval()
+    fpn = build_backbone(tiny_cfg("yolact", **{"MODEL.YOLACT.FPN.OUT_CHANNELS": 8})).eval()
     with torch.no_grad():
         feats = fpn(torch.zeros(1, 3, 550, 550))
     sizes = [tuple(feats[f].shape[-2:]) for f in ["p3", "p4", "p5", "p6", "p7"]]
@@ -85,6 +77,28 @@ def test_anchor_count_and_layout_at_550():
     assert pp[3, 2] == pytest.approx(24 * 2 ** (1 / 3))
 
 
+def test_fpn_phases_compose_to_forward():
+    """bottom-up → phase 1 (laterals + top-down) → phase 2 (output convs, P6/P7) is ``forward``; the model's
+    ``extract_features`` returns the bottom-up maps and the FPN levels in one dict."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("yolact")).eval()
+    fpn, x = model.backbone, torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        c = fpn.bottom_up(x)
+        phase1 = fpn.forward_phase1(c)
+        p = fpn.forward_phase2(phase1)
+        full = fpn(x)
+        inputs = [{"image": torch.rand(3, 128, 128) * 255}]
+        images = model.preprocess_image(inputs)
+        features = model.extract_features(images, inputs)
+    assert sorted(phase1) == ["p3", "p4", "p5"] and sorted(p) == ["p3", "p4", "p5", "p6", "p7"]
+    for k in full:
+        assert torch.equal(full[k], p[k])
+    assert torch.equal(p["p5"], torch.relu(fpn.output_convs[2](phase1["p5"])))
+    assert {"res3", "res4", "res5", "p3", "p4", "p5", "p6", "p7"} <= set(features)
+    assert features["res3"].shape[-1] == 16 and features["p7"].shape[-1] == 1
+
+
 def test_dcn_blocks_every_third():
     assert dcn_block_flags(23, 23, 3) == [True] + [i % 3 == 0 for i in range(1, 23)]
     assert dcn_block_flags(4, 4, 3) == [True, False, False, True]
@@ -95,8 +109,7 @@ def test_dcn_blocks_every_third():
 # ---------------------------------------------------------------- matching
 def test_matching_and_encoding_round_trip():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg())
-    S = model.input_size
+    model = build_model(tiny_cfg("yolact"))
     boxes = [[10, 12, 50, 60], [70, 20, 110, 40], [30, 80, 40, 92]]
     inst = _instances(boxes, [0, 3, 2], (128, 128))
     feats = [torch.zeros(1, 1, s, s) for s in (16, 8, 4, 2, 1)]
@@ -118,7 +131,12 @@ def test_matching_and_encoding_round_trip():
     # decoding the targets gives back the matched GT boxes
     decoded = decode_boxes(targets[0][pos], priors[pos], model.box_variances)
     torch.testing.assert_close(decoded, torch.tensor(boxes, dtype=torch.float32)[matched[0][pos]], atol=1e-4, rtol=0)
-    assert per_image[0]["masks_proto"].shape == (3, 32, 32)
+    assert per_image[0]["masks_proto"].shape == (3, 32, 32) and per_image[0]["masks_segm"].shape == (3, 16, 16)
+    # GT of an image given at 64×64 is scaled by S/w, S/h onto the 128² input
+    half = _instances([[b / 2 for b in box] for box in boxes], [0, 3, 2], (64, 64))
+    labels2, targets2, _, _ = model.match([half], [(64, 64)], priors, (32, 32))
+    assert torch.equal(labels2, labels)
+    torch.testing.assert_close(targets2, targets)
 
 
 def test_crop_modes():
@@ -210,13 +228,15 @@ def test_mask_loss_is_normalised_by_box_area():
 
 def test_model_mask_loss_weight_and_positive_normalisation():
     torch.manual_seed(0)
-    cfg = tiny_cfg(**{"MODEL.YOLACT.SEMANTIC_SEG_LOSS": False})
-    model = build_model(cfg).train()
+    model = build_model(tiny_cfg("yolact", **{"MODEL.YOLACT.SEMANTIC_SEG_LOSS": False})).train()
     inst = _instances([[16, 16, 80, 64]], [1], (128, 128))
-    outputs = model.forward_net(model.preprocess_image([{"image": torch.zeros(3, 128, 128)}])[0])
-    features, protos, deltas, logits, coeffs, priors = outputs
-    losses = model.losses(outputs, [inst], [(128, 128)])
-    labels, _, matched, per_image = model.match([inst], [(128, 128)], priors, protos.shape[-2:], (16, 16))
+    inputs = [{"image": torch.zeros(3, 128, 128), "instances": inst}]
+    images, _, predictions = _run_steps(model, inputs)
+    assert "sem_seg" not in predictions
+    losses = model.losses(predictions, inputs, images)
+    assert set(losses) == {"loss_box_reg", "loss_cls", "loss_mask"}
+    protos, coeffs = predictions["protos"], predictions["coeffs"]
+    labels, _, matched, per_image = model.match([inst], [(128, 128)], predictions["priors"], protos.shape[-2:])
     pos = labels[0] > 0
     boxes = per_image[0]["boxes"][matched[0][pos]] * 0.25
     from segx.layers import assemble_masks
@@ -228,9 +248,7 @@ def test_model_mask_loss_weight_and_positive_normalisation():
 
 # ---------------------------------------------------------------- end to end
 def _batch(n=2, with_empty=True):
-    from detectron2.data import DatasetCatalog, DatasetMapper
-
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("yolact")
     mapper = DatasetMapper(cfg, is_train=True)
     batch = [mapper(d) for d in DatasetCatalog.get("segx_shapes_train")[:n]]
     if with_empty:
@@ -242,16 +260,10 @@ def _batch(n=2, with_empty=True):
 @pytest.mark.parametrize("plus", [False, True])
 def test_e2e_train_step_and_inference_with_empty_gt(plus):
     torch.manual_seed(0)
-    over = {}
-    if plus:  # YOLACT++ parts: DCN every 3rd block, 3×3 anchors, mask re-scoring (needs ≥ 63² prototypes)
-        over = {"MODEL.YOLACT.MASKIOU_ON": True, "MODEL.YOLACT.INPUT_SIZE": 256,
-                "MODEL.YOLACT.RESNET.DCN_LAYERS": [0, 2, 2, 2], "MODEL.YOLACT.RESNET.DCN_INTERVAL": 1,
-                "MODEL.YOLACT.SQUARE_ANCHORS": False,
-                "MODEL.YOLACT.ANCHOR_SCALES": [[s, s * 1.26, s * 1.587] for s in (8.0, 16.0, 32.0, 64.0, 128.0)]}
-    model = build_model(tiny_cfg(**over)).train()
+    model = build_model(tiny_cfg("yolact", **(PLUS if plus else {}))).train()
     batch = _batch()
     losses = model(batch)
-    expected = {"loss_box", "loss_cls", "loss_mask", "loss_sem_seg"} | ({"loss_maskiou"} if plus else set())
+    expected = {"loss_box_reg", "loss_cls", "loss_mask", "loss_sem_seg"} | ({"loss_maskiou"} if plus else set())
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
@@ -259,34 +271,44 @@ def test_e2e_train_step_and_inference_with_empty_gt(plus):
     assert model.proto_net[0].weight.grad.abs().sum() > 0
     # only empty GT: finite, zero box/mask loss, still a graph
     empty = model(batch[-1:])
-    assert empty["loss_box"] == 0 and empty["loss_mask"] == 0 and torch.isfinite(sum(empty.values()))
+    assert empty["loss_box_reg"] == 0 and empty["loss_mask"] == 0 and torch.isfinite(sum(empty.values()))
     model.eval()
     with torch.no_grad():
         out = model([{"image": batch[0]["image"], "height": 64, "width": 96}])
     inst = out[0]["instances"]
     assert inst.image_size == (64, 96) and inst.pred_masks.shape[1:] == (64, 96)
-    assert inst.pred_masks.dtype == torch.bool and len(inst) <= model.max_detections
+    assert inst.pred_masks.dtype == torch.bool and len(inst) <= model.max_detections_per_image
     assert (inst.pred_boxes.tensor[:, 2] <= 96).all() and (inst.scores >= 0).all()
-    model.score_thresh = 1.0  # no detections at all
+    assert not inst.has("_detections") and "_detections" not in vars(inst)
+    # a stream: stateless YOLACT counts the frames and returns the same results
+    state = model.new_state()
+    with torch.no_grad():
+        again, state = model.inference([{"image": batch[0]["image"], "height": 64, "width": 96}], state=state)
+    assert state.frame_index == 1 and torch.equal(again[0]["instances"].pred_masks, inst.pred_masks)
+    model.test_score_thresh = 1.0  # no detections at all
     with torch.no_grad():
         none = model([{"image": batch[0]["image"]}])[0]["instances"]
     assert len(none) == 0 and none.pred_masks.shape == (0, 128, 128)
 
 
 def test_bad_inputs_are_named():
-    model = build_model(tiny_cfg()).train()
+    model = build_model(tiny_cfg("yolact")).eval()
     with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['image'\]"):
         model([{"image": torch.zeros(128, 128)}])
+    model.train()
     inst = _instances([[1, 1, 20, 20]], [0], (128, 128))
     inst.remove("gt_masks")
     with pytest.raises(ValueError, match="gt_masks.*MASK_ON"):
         model([{"image": torch.zeros(3, 128, 128), "instances": inst}])
+    with pytest.raises(ValueError, match="instances"):
+        model([{"image": torch.zeros(3, 128, 128)}])
 
 
+@pytest.mark.slow
 def test_training_lowers_every_loss():
     """SGD on a fixed batch of 4 mapped synthetic images: every loss term falls."""
     torch.manual_seed(0)
-    model = build_model(tiny_cfg()).train()
+    model = build_model(tiny_cfg("yolact")).train()
     batch = _batch(4, with_empty=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     history = []
@@ -305,11 +327,145 @@ def test_training_lowers_every_loss():
         assert last < 0.7 * first, f"{key} did not fall: {first:.3f} → {last:.3f}"
 
 
+# ---------------------------------------------------------------- the feature seam
+class _ScaledP5(YOLACT):
+    """YOLACT whose ``extract_features`` doubles the P5 level (what a video architecture's warped features do)."""
+
+    def extract_features(self, images, batched_inputs, state=None):
+        features = dict(super().extract_features(images, batched_inputs, state))
+        features["p5"] = features["p5"] * 2.0
+        return features
+
+
+def test_extract_features_override_changes_outputs_trains_and_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segx.export import export_model
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("yolact", **{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})
+    model = build_model(cfg).eval()
+    scaled = _ScaledP5(cfg).eval()
+    scaled.load_state_dict(model.state_dict())
+    inputs = [{"image": (torch.rand(3, 128, 128) * 255).round()}]
+    with torch.no_grad():
+        _, feats, ref = _run_steps(model, inputs)
+        _, feats2, out = _run_steps(scaled, inputs)
+        head_p5 = model.head([2.0 * feats["p5"]])
+    torch.testing.assert_close(feats2["p5"], 2.0 * feats["p5"])
+    assert torch.equal(out["protos"], ref["protos"])  # prototypes come from P3
+    # anchors of P3, P4 and P6, P7 see the same maps; P5's are the head on the doubled map
+    A = model.priors.num_anchors
+    n = [f.shape[-2] * f.shape[-1] * A for f in (feats[k] for k in model.in_features)]
+    lo, hi = sum(n[:2]), sum(n[:3])
+    for key in ("box_deltas", "logits", "coeffs"):
+        assert torch.equal(out[key][:, :lo], ref[key][:, :lo]) and torch.equal(out[key][:, hi:], ref[key][:, hi:])
+        assert not torch.allclose(out[key][:, lo:hi], ref[key][:, lo:hi])
+        torch.testing.assert_close(out[key][:, lo:hi], head_p5[key])
+    # still trains a step
+    scaled.train()
+    losses = scaled(_batch(1, with_empty=False))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert scaled.backbone.output_convs[2].weight.grad.abs().sum() > 0
+    # and exports
+    report = export_model(scaled.eval(), inputs[0]["image"], str(tmp_path))
+    assert report.output_shapes[0][0] > 0
+    assert report.torchscript_max_diff <= 1e-4
+    assert report.onnx_error is None, report.onnx_error
+    assert report.onnx_max_diff <= 1e-3
+
+
+# ---------------------------------------------------------------- the mapper
+def _image_file(tmp_path, h=100, w=150, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path = str(tmp_path / "img.png")
+    Image.fromarray(arr).save(path)
+    return {"file_name": path, "height": h, "width": w, "image_id": 0}
+
+
+def test_mapper_square_resize_plus_model_equals_model_resize(tmp_path, monkeypatch):
+    """The same file through YolactMapper (resized once, in the loader) and through the model's own resize
+    (DefaultPredictor-style input) gives the same detections at the original resolution."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("yolact", **{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})
+    model = build_model(cfg).eval()
+    record = _image_file(tmp_path)
+    mapper = build_mapper(cfg, is_train=False)
+    assert isinstance(mapper, YolactMapper)
+    mapped = mapper(record)
+    assert mapped["image"].shape == (3, 128, 128) and mapped["image"].dtype == torch.float32
+    assert "instances" not in mapped and (mapped["height"], mapped["width"]) == (100, 150)
+    loaded = detection_utils.read_image(record["file_name"], "BGR")
+    raw = torch.as_tensor(np.ascontiguousarray(loaded.transpose(2, 0, 1)))
+    import segx.modeling.meta_arch.yolact as meta_arch_module
+
+    calls = []
+    resize = meta_arch_module.square_resize
+    monkeypatch.setattr(meta_arch_module, "square_resize", lambda *a: calls.append(a[0].shape) or resize(*a))
+    with torch.no_grad():
+        a = model([mapped])[0]["instances"]
+        assert calls == []  # the mapper's S×S image is not resized again
+        b = model([{"image": raw, "height": 100, "width": 150}])[0]["instances"]
+        assert len(calls) == 1  # the model resizes a non-square input once
+    assert len(a) > 0 and a.image_size == b.image_size == (100, 150)
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+    assert torch.equal(a.pred_classes, b.pred_classes) and torch.equal(a.pred_masks, b.pred_masks)
+    # decode (do_postprocess=False) stays at the given image's own size
+    with torch.no_grad():
+        assert model.inference([mapped], do_postprocess=False)[0].image_size == (128, 128)
+        assert model.inference([{"image": raw}], do_postprocess=False)[0].image_size == (100, 150)
+
+
+def test_mapper_transforms_annotations_with_the_resize_and_flip(tmp_path):
+    cfg = tiny_cfg("yolact")
+    record = _image_file(tmp_path)
+    poly = [20.0, 10.0, 80.0, 10.0, 80.0, 50.0, 20.0, 50.0]
+    record["annotations"] = [
+        {"bbox": [20.0, 10.0, 60.0, 40.0], "bbox_mode": 1, "category_id": 2, "segmentation": [poly], "iscrowd": 0},
+        {"bbox": [0.0, 0.0, 10.0, 10.0], "bbox_mode": 1, "category_id": 1, "segmentation": [[0, 0, 10, 0, 10, 10]],
+         "iscrowd": 1},
+    ]
+    mapper = YolactMapper(cfg, is_train=True)
+    mapper.flip = None
+    plain = mapper(record)
+    inst = plain["instances"]
+    sx, sy = 128 / 150, 128 / 100
+    assert len(inst) == 1 and inst.gt_classes.tolist() == [2]  # crowd dropped, as DatasetMapper does
+    torch.testing.assert_close(inst.gt_boxes.tensor, torch.tensor([[20 * sx, 10 * sy, 80 * sx, 50 * sy]]))
+    np.testing.assert_allclose(inst.gt_masks.polygons[0][0][:4], [20 * sx, 10 * sy, 80 * sx, 10 * sy], rtol=1e-5)
+    from detectron2.data import transforms as T
+
+    mapper.flip = T.RandomFlip(prob=1.0, horizontal=True, vertical=False)
+    flipped = mapper(record)
+    assert torch.equal(flipped["image"], plain["image"].flip(-1))
+    torch.testing.assert_close(flipped["instances"].gt_boxes.tensor,
+                               torch.tensor([[128 - 80 * sx, 10 * sy, 128 - 20 * sx, 50 * sy]]))
+    # the model trains on the mapped S×S record (GT already at the input's scale)
+    model = build_model(cfg).train()
+    losses = model([flipped, plain])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+# ---------------------------------------------------------------- config vocabulary
+@pytest.mark.parametrize("old,new", [
+    ("NMS_THRESH", "NMS_THRESH_TEST"), ("NMS_TOP_K", "NMS_TOPK_TEST"), ("MAX_DETECTIONS", "DETECTIONS_PER_IMAGE"),
+    ("MASK_THRESHOLD", "MASK_THRESH_TEST"),
+])
+def test_old_config_key_names_the_new_one(old, new, tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(f'_BASE_: "{os.path.join(REPO_ROOT, SMALL)}"\nMODEL:\n  YOLACT:\n    {old}: 0.3\n')
+    with pytest.raises(KeyError, match=f"MODEL.YOLACT.{new}"):
+        load_cfg(str(path))
+    y = load_cfg(SMALL).MODEL.YOLACT
+    assert new in y and old not in y
+
+
 # ---------------------------------------------------------------- converter
 def _plus_r50_tiny():
-    return tiny_cfg("configs/YOLACT/yolact_plus_R_50_FPN_550.yaml", **{
-        "MODEL.YOLACT.INPUT_SIZE": 256, "MODEL.YOLACT.NUM_CLASSES": 3, "MODEL.YOLACT.RESNET.DCN_LAYERS": [0, 4, 6, 3],
-        "MODEL.YOLACT.RESNET.DCN_INTERVAL": 3, "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})
+    return tiny_cfg("yolact", config="configs/YOLACT/yolact_plus_R_50_FPN_550.yaml", **{
+        "MODEL.YOLACT.INPUT_SIZE": 256, "MODEL.YOLACT.NUM_CLASSES": 3, "MODEL.TV_RESNET.DCN_LAYERS": [0, 4, 6, 3],
+        "MODEL.TV_RESNET.DCN_INTERVAL": 3, "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})
 
 
 def test_converter_round_trip_equal_outputs():
@@ -347,7 +503,7 @@ def test_converter_round_trip_equal_outputs():
 
 
 def test_converter_refuses_with_a_list(tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("yolact")
     model = build_model(cfg)
     official = to_official_state_dict(model.state_dict())
     official["class_existence_fc.weight"] = torch.zeros(3)
@@ -365,7 +521,7 @@ def test_converter_refuses_with_a_list(tmp_path):
     torch.save(official, src)
     argv = sys.argv
     sys.argv = ["convert", "--config-file", os.path.join(REPO_ROOT, SMALL), str(src), str(tmp_path / "out.pth"),
-                "MODEL.YOLACT.RESNET.WIDTH", "8", "MODEL.YOLACT.FPN.OUT_CHANNELS", "32", "MODEL.YOLACT.PROTO_CHANNELS",
+                "MODEL.TV_RESNET.WIDTH", "8", "MODEL.YOLACT.FPN.OUT_CHANNELS", "32", "MODEL.YOLACT.PROTO_CHANNELS",
                 "32", "MODEL.YOLACT.HEAD_CHANNELS", "32", "MODEL.YOLACT.NUM_PROTOTYPES", "8"]
     try:
         with pytest.raises(SystemExit) as ex:
@@ -386,7 +542,7 @@ def test_export_parity(tmp_path):
     from segx.export import export_model
 
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
+    model = build_model(tiny_cfg("yolact", **{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})).eval()
     image = (torch.rand(3, 128, 128) * 255).round()
     report = export_model(model, image, str(tmp_path))
     assert report.output_shapes[0][0] > 0
@@ -401,8 +557,8 @@ def test_export_yolact_plus_torchscript(tmp_path):
 
     torch.manual_seed(0)
     over = {"MODEL.YOLACT.MASKIOU_ON": True, "MODEL.YOLACT.INPUT_SIZE": 256, "MODEL.YOLACT.SCORE_THRESH_TEST": 0.0,
-            "MODEL.YOLACT.RESNET.DCN_LAYERS": [0, 2, 2, 2], "MODEL.YOLACT.RESNET.DCN_INTERVAL": 1}
-    model = build_model(tiny_cfg(**over)).eval()
+            "MODEL.TV_RESNET.DCN_LAYERS": [0, 2, 2, 2], "MODEL.TV_RESNET.DCN_INTERVAL": 1}
+    model = build_model(tiny_cfg("yolact", **over)).eval()
     report = export_model(model, (torch.rand(3, 128, 128) * 255).round(), str(tmp_path), formats=("torchscript",))
     assert report.output_shapes[0][0] > 0
     assert report.torchscript_max_diff <= 1e-4

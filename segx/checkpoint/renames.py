@@ -16,11 +16,17 @@ logger = logging.getLogger(__name__)
 
 # meta-arch name -> [(old key pattern, replacement)], applied in order. Filled per architecture (issue 12).
 CHECKPOINT_RENAMES = {
-    "YOLACT": [],
+    "YOLACT": [
+        # YOLACT's own ResNet (layers.0..3) became the shared torchvision-layout ResNet (layer1..4)
+        *[(rf"backbone\.bottom_up\.layers\.{i}\.", f"backbone.bottom_up.layer{i + 1}.") for i in range(4)],
+    ],
     "CornerNet": [],
     "CenterNetTriplets": [],
     "CenterNet": [],
-    "StackedHourglass": [],
+    "StackedHourglass": [
+        # the network (stacks + heatmap heads) is built by build_backbone: the meta-arch's `net` became `backbone`
+        (r"net\.", "backbone."),
+    ],
     "RetinaFace": [],
     "UPSNet": [],
 }

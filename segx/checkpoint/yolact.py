@@ -2,7 +2,8 @@
 segx's ``YOLACT`` meta-architecture.
 
 Official layout → segx:
-  ``backbone.{conv1,bn1,layers.*}``          → ``backbone.bottom_up.*`` (DCN ``conv2.conv_offset_mask`` →
+  ``backbone.{conv1,bn1}``, ``backbone.layers.i`` → ``backbone.bottom_up.{conv1,bn1}``,
+                                               ``backbone.bottom_up.layer(i+1)`` (DCN ``conv2.conv_offset_mask`` →
                                                ``conv2.offset_conv``)
   ``fpn.lat_layers.i`` / ``fpn.pred_layers.i`` (C5 first) → ``backbone.lateral_convs.(n-1-i)`` /
                                                ``backbone.output_convs.(n-1-i)`` (C3 first)
@@ -42,7 +43,8 @@ def official_to_segx_key(key, num_fpn_inputs=3):
     """One official key → segx key, or ``None`` when it has no segx counterpart."""
     m = re.match(r"backbone\.(.*)$", key)
     if m:
-        return "backbone.bottom_up." + m.group(1).replace(".conv_offset_mask.", ".offset_conv.")
+        rest = re.sub(r"^layers\.(\d+)\.", lambda s: f"layer{int(s.group(1)) + 1}.", m.group(1))
+        return "backbone.bottom_up." + rest.replace(".conv_offset_mask.", ".offset_conv.")
     m = re.match(r"fpn\.(lat_layers|pred_layers)\.(\d+)\.(.*)$", key)
     if m:
         name = "lateral_convs" if m.group(1) == "lat_layers" else "output_convs"
@@ -68,7 +70,8 @@ def segx_to_official_key(key, num_fpn_inputs=3):
     """Inverse of :func:`official_to_segx_key`."""
     m = re.match(r"backbone\.bottom_up\.(.*)$", key)
     if m:
-        return "backbone." + m.group(1).replace(".offset_conv.", ".conv_offset_mask.")
+        rest = re.sub(r"^layer(\d)\.", lambda s: f"layers.{int(s.group(1)) - 1}.", m.group(1))
+        return "backbone." + rest.replace(".offset_conv.", ".conv_offset_mask.")
     m = re.match(r"backbone\.(lateral_convs|output_convs)\.(\d+)\.(.*)$", key)
     if m:
         name = "lat_layers" if m.group(1) == "lateral_convs" else "pred_layers"

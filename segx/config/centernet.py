@@ -1,55 +1,53 @@
-"""Config keys of CenterNet (objects as points) (``cfg.MODEL.*``)."""
+"""Config keys of CenterNet (objects as points) (``cfg.MODEL.CENTERNET``); its backbones' are in ``backbone.py``."""
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_centernet_config", "RENAMED_KEYS"]
+
+# Keys renamed by the config-vocabulary alignment (issue 12): old full key -> new full key. ``add_segx_config``
+# registers them, so a YAML (or command-line override) with an old key fails with an error naming the new one.
+# Names shared with CornerNet (``MODEL.CORNERNET``) mean the same thing.
+RENAMED_KEYS = {
+    "MODEL.CENTERNET.HEAD_CONV": "MODEL.CENTERNET.HEAD_CHANNELS",
+    "MODEL.CENTERNET.HM_BIAS": "MODEL.CENTERNET.HEATMAP_BIAS_INIT",
+    "MODEL.CENTERNET.GAUSSIAN_RADIUS": "MODEL.CENTERNET.GAUSSIAN_RADIUS_VARIANT",
+    "MODEL.CENTERNET.MIN_OVERLAP": "MODEL.CENTERNET.GAUSSIAN_MIN_OVERLAP",
+    "MODEL.CENTERNET.HM_WEIGHT": "MODEL.CENTERNET.HEATMAP_LOSS_WEIGHT",
+    "MODEL.CENTERNET.WH_WEIGHT": "MODEL.CENTERNET.SIZE_LOSS_WEIGHT",
+    "MODEL.CENTERNET.OFF_WEIGHT": "MODEL.CENTERNET.OFFSET_LOSS_WEIGHT",
+    "MODEL.CENTERNET.TOPK": "MODEL.CENTERNET.DETECTIONS_PER_IMAGE",
+}
 
 
 def add_centernet_config(cfg):
     """Adds the CenterNet (objects as points) keys to ``cfg`` in place."""
-    _C = cfg
-    _C.MODEL.CENTERNET = CN()
+    cfg.MODEL.CENTERNET = CN()
     # Number of object classes (channels of the centre heatmap).
-    _C.MODEL.CENTERNET.NUM_CLASSES = 80
+    cfg.MODEL.CENTERNET.NUM_CLASSES = 80
     # Backbone outputs the heads read (one stride-4 map; several = one set of heads per map, e.g. hourglass
     # stacks, with intermediate supervision: losses averaged over them, inference on the last).
-    _C.MODEL.CENTERNET.IN_FEATURES = ["deconv"]
-    # Channels of the 3×3 conv of each head (official: 64 for ResNets, 256 for DLA-34 and the hourglass).
-    _C.MODEL.CENTERNET.HEAD_CONV = 64
+    cfg.MODEL.CENTERNET.IN_FEATURES = ["deconv"]
+    # Channels of the 3×3 conv of each head (official head_conv: 64 for ResNets, 256 for DLA-34 and the
+    # hourglass); 0 = a single 1×1 conv.
+    cfg.MODEL.CENTERNET.HEAD_CHANNELS = 64
     # Initial bias of the heatmap head's last conv: sigmoid(-2.19) ≈ 0.1 (the official value).
-    _C.MODEL.CENTERNET.HM_BIAS = -2.19
+    cfg.MODEL.CENTERNET.HEATMAP_BIAS_INIT = -2.19
     # Gaussian target radius: "original" (CornerNet's first formula, used by xingyizhou/CenterNet, whose
-    # numbers depend on it) or "corrected" (princeton-vl/CornerNet's later fix).
-    _C.MODEL.CENTERNET.GAUSSIAN_RADIUS = "original"
-    # Minimum IoU that a box placed anywhere inside the radius keeps with the ground truth.
-    _C.MODEL.CENTERNET.MIN_OVERLAP = 0.7
-    # Loss weights: focal heatmap loss, L1 size loss (w, h in output pixels), L1 sub-pixel offset loss.
-    _C.MODEL.CENTERNET.HM_WEIGHT = 1.0
-    _C.MODEL.CENTERNET.WH_WEIGHT = 0.1
-    _C.MODEL.CENTERNET.OFF_WEIGHT = 1.0
+    # numbers depend on it) or "corrected" (princeton-vl/CornerNet's later fix), and the minimum IoU that a box
+    # placed anywhere inside the radius keeps with the ground truth.
+    cfg.MODEL.CENTERNET.GAUSSIAN_RADIUS_VARIANT = "original"
+    cfg.MODEL.CENTERNET.GAUSSIAN_MIN_OVERLAP = 0.7
+    # Loss weights of loss_heatmap (focal), loss_size (L1 on w, h in output pixels) and loss_offset (L1 on the
+    # sub-pixel centre offset).
+    cfg.MODEL.CENTERNET.HEATMAP_LOSS_WEIGHT = 1.0
+    cfg.MODEL.CENTERNET.SIZE_LOSS_WEIGHT = 0.1
+    cfg.MODEL.CENTERNET.OFFSET_LOSS_WEIGHT = 1.0
     # Focal loss exponents (α on the prediction, β on the 1−target penalty reduction).
-    _C.MODEL.CENTERNET.FOCAL_ALPHA = 2.0
-    _C.MODEL.CENTERNET.FOCAL_BETA = 4.0
-    # Inference: peaks kept by a NMS_KERNEL×NMS_KERNEL max-pool, top-K per class then overall, and the
-    # score below which detections are dropped (official: keep all K = 100).
-    _C.MODEL.CENTERNET.NMS_KERNEL = 3
-    _C.MODEL.CENTERNET.TOPK = 100
-    _C.MODEL.CENTERNET.SCORE_THRESH_TEST = 0.0
-
-    # ResNet + deconv backbone (build_resnet_deconv_backbone); depth is MODEL.RESNETS.DEPTH.
-    _C.MODEL.CENTERNET.RESNET_DECONV = CN()
-    # Channels of conv1 / layer1 (64 = standard ResNet; smaller values slim all stages for CPU training).
-    _C.MODEL.CENTERNET.RESNET_DECONV.WIDTH = 64
-    # The up-sampling ConvTranspose layers (stride 2 each): output channels and kernel sizes (2, 3 or 4).
-    _C.MODEL.CENTERNET.RESNET_DECONV.DECONV_CHANNELS = [256, 256, 256]
-    _C.MODEL.CENTERNET.RESNET_DECONV.DECONV_KERNELS = [4, 4, 4]
-    # Norm of every layer ("BN" as the official model; "GN" for small batches).
-    _C.MODEL.CENTERNET.RESNET_DECONV.NORM = "BN"
-
-    # DLA-34 + deformable up-path backbone (build_dla34_dcn_backbone).
-    _C.MODEL.CENTERNET.DLA = CN()
-    # Norm of every layer ("BN" as the official model).
-    _C.MODEL.CENTERNET.DLA.NORM = "BN"
-    # Convs of the up-path (IDA/DLA-up): "dcn" = modulated deformable 3×3 (official, DCNv2), "conv" = plain 3×3
-    # (exports to ONNX; torchvision's deform_conv2d has no ONNX symbolic).
-    _C.MODEL.CENTERNET.DLA.UP_CONV = "dcn"
-    # Divides every DLA channel count (1 = DLA-34; 2 or 4 for small CPU models).
-    _C.MODEL.CENTERNET.DLA.WIDTH_DIV = 1
+    cfg.MODEL.CENTERNET.FOCAL_ALPHA = 2.0
+    cfg.MODEL.CENTERNET.FOCAL_BETA = 4.0
+    # Inference: peaks kept by a NMS_KERNEL×NMS_KERNEL max-pool, the top DETECTIONS_PER_IMAGE (per class, then
+    # overall) are the detections, those with a score not above SCORE_THRESH_TEST are dropped (official: keep all
+    # K = 100).
+    cfg.MODEL.CENTERNET.NMS_KERNEL = 3
+    cfg.MODEL.CENTERNET.DETECTIONS_PER_IMAGE = 100
+    cfg.MODEL.CENTERNET.SCORE_THRESH_TEST = 0.0
     return cfg

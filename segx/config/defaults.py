@@ -1,6 +1,7 @@
 """segx's config nodes, added to a detectron2 config by ``add_segx_config`` (never edits detectron2's defaults)."""
 from detectron2.config import CfgNode as CN
 
+from segx.config.backbone import add_backbone_config
 from segx.config.yolact import add_yolact_config
 from segx.config.cornernet import add_cornernet_config
 from segx.config.centernet import add_centernet_config
@@ -30,14 +31,15 @@ def add_segx_config(cfg):
     cfg.SEGX.VIS = CN()
     cfg.SEGX.VIS.NUM_IMAGES = 8
     cfg.SEGX.VIS.SCORE_THRESHOLD = 0.5
+    add_backbone_config(cfg)
     add_yolact_config(cfg)
     add_cornernet_config(cfg)
     add_centernet_config(cfg)
     add_hourglass_config(cfg)
     add_retinaface_config(cfg)
     add_upsnet_config(cfg)
-    from segx.config import centernet, cornernet, hourglass, retinaface, upsnet, yolact
+    from segx.config import backbone, centernet, cornernet, hourglass, retinaface, upsnet, yolact
 
-    for module in (yolact, cornernet, centernet, hourglass, retinaface, upsnet):
+    for module in (backbone, yolact, cornernet, centernet, hourglass, retinaface, upsnet):
         register_renamed_keys(cfg, getattr(module, "RENAMED_KEYS", {}))
     return cfg

@@ -14,5 +14,5 @@ def register_renamed_keys(cfg, renamed):
     for old, new in renamed.items():
         RENAMED_KEYS[old] = new
         if not cfg.key_is_renamed(old):
-            cfg.register_renamed_key(old, new, message=f"segx renamed {old} to {new} (see the model card)")
+            cfg.register_renamed_key(old, new, message="renamed by segx, see the model card in projects/")
     return cfg

@@ -1,6 +1,16 @@
 """Config keys of RetinaFace (``cfg.MODEL.RETINAFACE``)."""
 from detectron2.config import CfgNode as CN
 
+__all__ = ["add_retinaface_config", "RENAMED_KEYS"]
+
+# Keys renamed by the config-vocabulary alignment (issue 12): old full key -> new full key. ``add_segx_config``
+# registers them, so a YAML (or command-line override) with an old key fails with an error naming the new one.
+RENAMED_KEYS = {
+    "MODEL.RETINAFACE.BOX_WEIGHT": "MODEL.RETINAFACE.BOX_LOSS_WEIGHT",
+    "MODEL.RETINAFACE.CLS_WEIGHT": "MODEL.RETINAFACE.CLS_LOSS_WEIGHT",
+    "MODEL.RETINAFACE.LANDMARK_WEIGHT": "MODEL.RETINAFACE.LANDMARK_LOSS_WEIGHT",
+}
+
 
 def add_retinaface_config(cfg):
     """Adds the RetinaFace keys to ``cfg`` in place."""
@@ -8,10 +18,6 @@ def add_retinaface_config(cfg):
     # Backbone features fed to the FPN, finest first (strides 8, 16, 32): "stage1..3" for
     # build_mobilenet_v1_backbone, "res3".."res5" for build_resnet_backbone (set RESNETS.OUT_FEATURES to match).
     cfg.MODEL.RETINAFACE.IN_FEATURES = ["stage1", "stage2", "stage3"]
-    # Norm of the MobileNet backbone ("BN" as the official code, "GN", "FrozenBN", ...).
-    cfg.MODEL.RETINAFACE.BACKBONE_NORM = "BN"
-    # Channel multiplier on top of MobileNet-0.25 (1.0 = the official "mobilenet0.25").
-    cfg.MODEL.RETINAFACE.MOBILENET_WIDTH = 1.0
     # Channels of the FPN / SSH / heads (official: 64 for mobilenet0.25, 256 for Resnet50).
     cfg.MODEL.RETINAFACE.OUT_CHANNELS = 64
     # Norm of FPN and SSH convs.
@@ -32,11 +38,12 @@ def add_retinaface_config(cfg):
     cfg.MODEL.RETINAFACE.MIN_FORCE_IOU = 0.2
     # Hard negatives per positive in the classification loss.
     cfg.MODEL.RETINAFACE.NEG_POS_RATIO = 7
-    # Loss weights: loss = BOX_WEIGHT·box + CLS_WEIGHT·cls + LANDMARK_WEIGHT·landmark (official 2, 1, 1).
-    cfg.MODEL.RETINAFACE.BOX_WEIGHT = 2.0
-    cfg.MODEL.RETINAFACE.CLS_WEIGHT = 1.0
-    cfg.MODEL.RETINAFACE.LANDMARK_WEIGHT = 1.0
-    # Inference: score threshold, candidates kept before NMS, NMS IoU, detections kept after NMS.
+    # Loss weights: loss = BOX_LOSS_WEIGHT·loss_box_reg + CLS_LOSS_WEIGHT·loss_cls
+    # + LANDMARK_LOSS_WEIGHT·loss_landmark (official 2, 1, 1).
+    cfg.MODEL.RETINAFACE.BOX_LOSS_WEIGHT = 2.0
+    cfg.MODEL.RETINAFACE.CLS_LOSS_WEIGHT = 1.0
+    cfg.MODEL.RETINAFACE.LANDMARK_LOSS_WEIGHT = 1.0
+    # Inference only: score threshold, candidates kept before NMS, NMS IoU, detections kept after NMS.
     cfg.MODEL.RETINAFACE.SCORE_THRESH_TEST = 0.02
     cfg.MODEL.RETINAFACE.TOPK_CANDIDATES_TEST = 5000
     cfg.MODEL.RETINAFACE.NMS_THRESH_TEST = 0.4

@@ -21,11 +21,12 @@ import torch
 import segx  # noqa: F401
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, DatasetMapper, detection_utils
+from detectron2.data import DatasetCatalog, detection_utils
 from detectron2.export.flatten import TracingAdapter
 from detectron2.modeling import build_model
 
 from segx.config import add_segx_config
+from segx.data.mappers import build_mapper
 
 __all__ = ["ExportReport", "traceable_inference_fn", "make_tracing_adapter", "export_model", "sample_input", "cli"]
 
@@ -151,8 +152,9 @@ def export_model(model, image, output_dir, formats=("torchscript", "onnx")):
 
 
 def sample_input(cfg, image_path=None):
-    """A ``[3,H,W]`` float image resized as at test time: ``image_path`` or the first test-set image."""
-    mapper = DatasetMapper(cfg, is_train=False)
+    """A ``[3,H,W]`` float image resized as at test time (the architecture's test mapper, ``segx.data.mappers``):
+    ``image_path`` or the first test-set image."""
+    mapper = build_mapper(cfg, is_train=False)
     if image_path:
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"--sample-image {image_path} does not exist")

@@ -4,6 +4,7 @@ The references are the answer key of the tests, what ONNX export records (onnxru
 op) and the fallback when ``segx._C`` is missing.
 """
 from segx.layers.assemble_masks import assemble_masks, assemble_masks_reference
+from segx.layers.conv import conv_norm_act
 from segx.layers.corner_pool import DIRECTIONS as CORNER_POOL_DIRECTIONS
 from segx.layers.corner_pool import corner_pool, corner_pool_reference
 from segx.layers.flow_warp import flow_warp, flow_warp_reference
@@ -11,6 +12,7 @@ from segx.layers.flow_warp import flow_warp, flow_warp_reference
 __all__ = [
     "assemble_masks",
     "assemble_masks_reference",
+    "conv_norm_act",
     "corner_pool",
     "corner_pool_reference",
     "CORNER_POOL_DIRECTIONS",

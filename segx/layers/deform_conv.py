@@ -20,11 +20,13 @@ class DeformConvWithOffset(nn.Module):
 
     Args:
         deformable_groups: offset groups over the input channels (``Cin`` must divide by it).
+        mask_scale: the modulation mask is ``mask_scale``·sigmoid(m): 2 (default) makes a fresh layer equal the
+            plain conv; 1 is DCNv2's own (official YOLACT++ / CenterNet weights load unchanged with it).
         norm: optional module applied after the conv (e.g. ``nn.GroupNorm``); ``activation`` after that.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1,
-                 groups=1, deformable_groups=1, bias=True, modulated=False, norm=None, activation=None):
+                 groups=1, deformable_groups=1, bias=True, modulated=False, norm=None, activation=None, mask_scale=2.0):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"DeformConvWithOffset: channels {in_channels}->{out_channels} not divisible by groups={groups}")
@@ -36,6 +38,7 @@ class DeformConvWithOffset(nn.Module):
         self.stride, self.dilation = stride, dilation
         self.padding = dilation * (k - 1) // 2 if padding is None else padding
         self.modulated = modulated
+        self.mask_scale = float(mask_scale)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, k, k))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -54,7 +57,7 @@ class DeformConvWithOffset(nn.Module):
         mask = None
         if self.modulated:
             n_off = 2 * self.deformable_groups * self.weight.shape[-1] ** 2
-            offset, mask = out[:, :n_off], 2.0 * torch.sigmoid(out[:, n_off:])
+            offset, mask = out[:, :n_off], self.mask_scale * torch.sigmoid(out[:, n_off:])
         else:
             offset = out
         y = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,

@@ -1,2 +1,5 @@
-"""segx models: importing this package registers the backbones and meta-architectures."""
-from segx.modeling import backbone, meta_arch  # noqa: F401
+"""segx models: importing this package registers the backbones, the family packages' heads (ROI heads,
+semantic-segmentation heads, YOLACT's FPN backbone) and the meta-architectures."""
+from segx.modeling import backbone  # noqa: F401
+from segx.modeling import yolact, panoptic, roi_heads, keypoints, landmarks, retinaface  # noqa: F401
+from segx.modeling import meta_arch  # noqa: F401

@@ -7,3 +7,7 @@ inside ``forward``.
 test loaders.
 """
 from .base import MAPPER_REGISTRY, TargetMapper, build_mapper  # noqa: F401
+from . import hourglass  # noqa: F401,E402  (registers "StackedHourglass")
+from . import yolact  # noqa: F401,E402  (registers "YOLACT")
+from . import cornernet  # noqa: F401,E402  (registers "CornerNet", "CenterNetTriplets")
+from . import centernet  # noqa: F401,E402  (registers "CenterNet")

@@ -226,16 +226,12 @@ class DLASeg(Backbone):
         self.ida_up(y, 0, len(y))
         return {"dla": y[-1]}
 
-    def output_shape(self):
-        return {"dla": ShapeSpec(channels=self._out_feature_channels["dla"], stride=self._out_feature_strides["dla"])}
-
-
 @BACKBONE_REGISTRY.register()
 def build_dla34_dcn_backbone(cfg, input_shape):
-    """DLA-34 + (deformable) up-path, from ``cfg.MODEL.CENTERNET.DLA``."""
-    c = cfg.MODEL.CENTERNET.DLA
+    """DLA-34 + (deformable) up-path, from ``cfg.MODEL.DLA``."""
+    c = cfg.MODEL.DLA
     if input_shape.channels != 3:
         raise ValueError(f"build_dla34_dcn_backbone: expects 3 input channels, got {input_shape.channels}")
     if c.UP_CONV not in ("dcn", "conv"):
-        raise ValueError(f"build_dla34_dcn_backbone: MODEL.CENTERNET.DLA.UP_CONV must be 'dcn' or 'conv', got {c.UP_CONV!r}")
+        raise ValueError(f"build_dla34_dcn_backbone: MODEL.DLA.UP_CONV must be 'dcn' or 'conv', got {c.UP_CONV!r}")
     return DLASeg(norm=c.NORM, deformable=c.UP_CONV == "dcn", width_div=c.WIDTH_DIV)

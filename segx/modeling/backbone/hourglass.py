@@ -14,18 +14,11 @@ can be supervised on all stacks and use the last one at test time.
 from torch import nn
 from torch.nn import functional as F
 
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-__all__ = ["HourglassResidual", "HourglassModule", "HourglassNet", "build_hourglass_net_backbone", "conv_norm_relu"]
+from segx.layers.conv import conv_norm_act
 
-
-def conv_norm_relu(in_channels, out_channels, kernel_size, stride=1, norm="BN", relu=True):
-    """``Conv2d`` (no bias when normed) → norm → ReLU (optional)."""
-    return Conv2d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=not norm,
-        norm=get_norm(norm, out_channels), activation=nn.ReLU(inplace=True) if relu else None,
-    )
+__all__ = ["HourglassResidual", "HourglassModule", "HourglassNet", "build_hourglass_net_backbone"]
 
 
 class HourglassResidual(nn.Module):
@@ -34,10 +27,10 @@ class HourglassResidual(nn.Module):
 
     def __init__(self, in_channels, out_channels, stride=1, norm="BN"):
         super().__init__()
-        self.conv1 = conv_norm_relu(in_channels, out_channels, 3, stride, norm)
-        self.conv2 = conv_norm_relu(out_channels, out_channels, 3, 1, norm, relu=False)
+        self.conv1 = conv_norm_act(in_channels, out_channels, 3, stride, norm=norm, activation="relu")
+        self.conv2 = conv_norm_act(out_channels, out_channels, 3, 1, norm=norm, activation=None)
         self.skip = (
-            conv_norm_relu(in_channels, out_channels, 1, stride, norm, relu=False)
+            conv_norm_act(in_channels, out_channels, 1, stride, norm=norm, activation=None)
             if stride != 1 or in_channels != out_channels
             else None
         )
@@ -94,15 +87,15 @@ class HourglassNet(Backbone):
         self.num_levels = len(dims) - 1
         cur = dims[0]
         self.stem = nn.Sequential(
-            conv_norm_relu(3, stem_channels, 7, 2, norm), HourglassResidual(stem_channels, cur, 2, norm)
+            conv_norm_act(3, stem_channels, 7, 2, norm=norm, activation="relu"), HourglassResidual(stem_channels, cur, 2, norm)
         )
         self.hourglasses = nn.ModuleList([HourglassModule(dims, modules, norm) for _ in range(num_stacks)])
-        self.features = nn.ModuleList([conv_norm_relu(cur, out_channels, 3, 1, norm) for _ in range(num_stacks)])
+        self.features = nn.ModuleList([conv_norm_act(cur, out_channels, 3, 1, norm=norm, activation="relu") for _ in range(num_stacks)])
         self.inter_skip = nn.ModuleList(
-            [conv_norm_relu(cur, cur, 1, 1, norm, relu=False) for _ in range(num_stacks - 1)]
+            [conv_norm_act(cur, cur, 1, 1, norm=norm, activation=None) for _ in range(num_stacks - 1)]
         )
         self.inter_feat = nn.ModuleList(
-            [conv_norm_relu(out_channels, cur, 1, 1, norm, relu=False) for _ in range(num_stacks - 1)]
+            [conv_norm_act(out_channels, cur, 1, 1, norm=norm, activation=None) for _ in range(num_stacks - 1)]
         )
         self.inter_res = nn.ModuleList([HourglassResidual(cur, cur, 1, norm) for _ in range(num_stacks - 1)])
         self._out_features = [f"hg{i}" for i in range(num_stacks)]
@@ -122,12 +115,6 @@ class HourglassNet(Backbone):
             if i < self.num_stacks - 1:
                 inter = self.inter_res[i](F.relu(self.inter_skip[i](inter) + self.inter_feat[i](feat)))
         return outs
-
-    def output_shape(self):
-        return {
-            k: ShapeSpec(channels=self._out_feature_channels[k], stride=self._out_feature_strides[k])
-            for k in self._out_features
-        }
 
 
 @BACKBONE_REGISTRY.register()

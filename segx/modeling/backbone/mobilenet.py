@@ -6,20 +6,17 @@ strides 8, 16, 32) feed RetinaFace's FPN. Every conv is followed by a norm and L
 """
 from torch import nn
 
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-__all__ = ["MobileNetV1", "build_mobilenet_v1_backbone", "conv_norm_act", "DepthwiseSeparable"]
+from segx.layers.conv import conv_norm_act
+
+__all__ = ["MobileNetV1", "build_mobilenet_v1_backbone", "DepthwiseSeparable"]
 
 
-def conv_norm_act(in_channels, out_channels, kernel_size, stride, norm, leaky, groups=1):
-    """``Conv2d`` (no bias) → norm → LeakyReLU(``leaky``) (``leaky=None``: no activation); keys ``weight``,
-    ``norm.*``."""
-    act = None if leaky is None else nn.LeakyReLU(leaky, inplace=True)
-    return Conv2d(
-        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=False,
-        norm=get_norm(norm, out_channels), activation=act,
-    )
+def _cna(in_channels, out_channels, kernel_size, stride, norm, leaky, groups=1):
+    """No-bias conv → norm → LeakyReLU(``leaky``) (keys ``weight``, ``norm.*``)."""
+    return conv_norm_act(in_channels, out_channels, kernel_size, stride, norm=norm, activation=leaky, groups=groups,
+                         bias=False)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -27,8 +24,8 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_channels, out_channels, stride, norm, leaky=0.1):
         super().__init__()
-        self.dw = conv_norm_act(in_channels, in_channels, 3, stride, norm, leaky, groups=in_channels)
-        self.pw = conv_norm_act(in_channels, out_channels, 1, 1, norm, leaky)
+        self.dw = _cna(in_channels, in_channels, 3, stride, norm, leaky, groups=in_channels)
+        self.pw = _cna(in_channels, out_channels, 1, 1, norm, leaky)
 
     def forward(self, x):
         return self.pw(self.dw(x))
@@ -63,7 +60,7 @@ class MobileNetV1(Backbone):
             for kind, out, s in blocks:
                 out = max(1, int(round(out * width)))
                 if kind == "conv":
-                    layers.append(conv_norm_act(channels, out, 3, s, norm, 0.1))
+                    layers.append(_cna(channels, out, 3, s, norm, 0.1))
                 else:
                     layers.append(DepthwiseSeparable(channels, out, s, norm))
                 channels, stride = out, stride * s
@@ -80,20 +77,14 @@ class MobileNetV1(Backbone):
                 out[name] = x
         return out
 
-    def output_shape(self):
-        return {
-            f: ShapeSpec(channels=self._out_feature_channels[f], stride=self._out_feature_strides[f])
-            for f in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_mobilenet_v1_backbone(cfg, input_shape):
-    """MobileNet-V1 ×0.25 with norm, stages and width from ``cfg.MODEL.RETINAFACE`` (``BACKBONE_NORM``,
-    ``IN_FEATURES``, ``MOBILENET_WIDTH``)."""
+    """MobileNet-V1 ×0.25 from ``cfg.MODEL.MOBILENET`` (``NORM``, ``WIDTH``, ``OUT_FEATURES``)."""
+    c = cfg.MODEL.MOBILENET
     return MobileNetV1(
-        norm=cfg.MODEL.RETINAFACE.BACKBONE_NORM,
-        out_features=cfg.MODEL.RETINAFACE.IN_FEATURES,
-        width=cfg.MODEL.RETINAFACE.MOBILENET_WIDTH,
+        norm=c.NORM,
+        out_features=c.OUT_FEATURES,
+        width=c.WIDTH,
         in_channels=input_shape.channels,
     )

@@ -9,11 +9,17 @@ Shapes: input ``[B,3,S,S]`` → stem (7×7 stride-2 conv, residual, max-pool, 2 
 → ``num_stacks`` hourglasses, each followed by a residual, a 1×1 conv+BN+ReLU ("lin") and a 1×1 conv to the
 K heatmaps; between stacks the features and the predictions are mapped back by 1×1 convs and added
 (intermediate supervision).
+
+Registered as ``build_stacked_hourglass_backbone`` (keys in ``MODEL.STACKED_HOURGLASS_NET``); the meta-arch
+``StackedHourglass`` runs it on person crops, not on whole images. The coordinate-regression head of the
+baseline is not part of it (``segx.modeling.landmarks.RegressionHead``).
 """
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["PreActResidual", "Hourglass", "StackedHourglassNet", "RegressionHead"]
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+__all__ = ["PreActResidual", "Hourglass", "StackedHourglassNet", "build_stacked_hourglass_backbone"]
 
 
 def _bn(channels):
@@ -61,34 +67,9 @@ class Hourglass(nn.Module):
         return up + F.interpolate(low, scale_factor=2.0, mode="nearest")
 
 
-class RegressionHead(nn.Module):
-    """Coordinate regression from a stack's features: two 3×3 stride-2 conv+BN+ReLU (to 1/4 of the heatmap
-    resolution), flatten, a hidden linear layer and a linear layer to ``[B,K,2]`` normalised crop coordinates
-    ((-1,-1) top-left, (1,1) bottom-right corner of the crop)."""
-
-    def __init__(self, channels, num_keypoints, heatmap_size, hidden=256):
-        super().__init__()
-        if heatmap_size % 4:
-            raise ValueError(f"RegressionHead: heatmap_size must be divisible by 4, got {heatmap_size}")
-        mid = max(channels // 4, 16)
-        self.convs = nn.Sequential(
-            nn.Conv2d(channels, mid, 3, stride=2, padding=1, bias=False), _bn(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, stride=2, padding=1, bias=False), _bn(mid), nn.ReLU(inplace=True),
-        )
-        self.fc = nn.Sequential(
-            nn.Linear(mid * (heatmap_size // 4) ** 2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_keypoints * 2)
-        )
-        nn.init.zeros_(self.fc[-1].weight)  # start at the crop centre
-        nn.init.zeros_(self.fc[-1].bias)
-        self.num_keypoints = num_keypoints
-
-    def forward(self, x):
-        return self.fc(self.convs(x).flatten(1)).reshape(x.shape[0], self.num_keypoints, 2)
-
-
-class StackedHourglassNet(nn.Module):
-    """``forward(x [B,3,S,S])`` → (list of ``num_stacks`` heatmaps ``[B,K,S/4,S/4]`` (empty in regression mode),
-    list of ``num_stacks`` features ``[B,F,S/4,S/4]``).
+class StackedHourglassNet(Backbone):
+    """``forward(x [B,C,S,S])`` → ``{"hg{i}": [B,F,S/4,S/4], "heatmap{i}": [B,K,S/4,S/4]}`` for each stack ``i``
+    (the features after the stack's "lin" conv, and its heatmaps; no ``heatmap{i}`` without heatmap heads).
 
     Args:
         num_stacks: hourglasses in sequence (2 and 8 in the paper).
@@ -97,23 +78,22 @@ class StackedHourglassNet(nn.Module):
         depth: recursion depth of each hourglass (4: 64×64 → 4×4).
         num_modules: residuals per hourglass level (1 in the paper's 8-stack model).
         merge_predictions: add the 1×1-mapped predictions back into the next stack's input (the paper's
-            intermediate supervision merge). Off in regression mode, which has no heatmaps to merge.
+            intermediate supervision merge). Off without heatmap heads, which leave nothing to merge.
+        predict_heatmaps: build the 1×1 heatmap head of each stack (off for the coordinate-regression head).
+        in_channels: channels of the input crops.
     """
 
     def __init__(self, *, num_stacks, num_features, num_keypoints, depth=4, num_modules=1, merge_predictions=True,
-                 predict_heatmaps=True):
+                 predict_heatmaps=True, in_channels=3):
         super().__init__()
         f = num_features
         stem_mid = max(f // 2, 16)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, stem_mid // 2 if f >= 128 else stem_mid, 7, stride=2, padding=3),
-            _bn(stem_mid // 2 if f >= 128 else stem_mid),
-            nn.ReLU(inplace=True),
-        )
         c0 = stem_mid // 2 if f >= 128 else stem_mid
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 7, stride=2, padding=3), _bn(c0), nn.ReLU(inplace=True))
         self.stem_res = nn.Sequential(PreActResidual(c0, stem_mid), nn.MaxPool2d(2, 2),
                                       PreActResidual(stem_mid, stem_mid), PreActResidual(stem_mid, f))
         self.num_stacks = num_stacks
+        self.num_keypoints = num_keypoints
         self.depth = depth
         self.hourglasses = nn.ModuleList([Hourglass(depth, f, num_modules) for _ in range(num_stacks)])
         self.post = nn.ModuleList([_residuals(f, num_modules) for _ in range(num_stacks)])
@@ -122,28 +102,51 @@ class StackedHourglassNet(nn.Module):
         )
         self.predict_heatmaps = predict_heatmaps
         self.merge_predictions = merge_predictions and predict_heatmaps
-        self.heads = nn.ModuleList([nn.Conv2d(f, num_keypoints, 1) for _ in range(num_stacks)]) if predict_heatmaps else None
+        self.heads = None
         if predict_heatmaps:
+            self.heads = nn.ModuleList([nn.Conv2d(f, num_keypoints, 1) for _ in range(num_stacks)])
             for head in self.heads:  # near-zero maps at the start (mmpose's final-layer init, std 0.001)
                 nn.init.normal_(head.weight, std=0.001)
                 nn.init.zeros_(head.bias)
         self.merge_features = nn.ModuleList([nn.Conv2d(f, f, 1) for _ in range(num_stacks - 1)])
-        self.merge_preds = (
-            nn.ModuleList([nn.Conv2d(num_keypoints, f, 1) for _ in range(num_stacks - 1)]) if self.merge_predictions else None
-        )
+        self.merge_preds = None
+        if self.merge_predictions:
+            self.merge_preds = nn.ModuleList([nn.Conv2d(num_keypoints, f, 1) for _ in range(num_stacks - 1)])
+        self._out_features = [f"hg{i}" for i in range(num_stacks)]
+        self._out_feature_channels = {name: f for name in self._out_features}
+        if predict_heatmaps:
+            self._out_features += [f"heatmap{i}" for i in range(num_stacks)]
+            self._out_feature_channels.update({f"heatmap{i}": num_keypoints for i in range(num_stacks)})
+        self._out_feature_strides = {name: 4 for name in self._out_features}
 
     def forward(self, x):
         x = self.stem_res(self.stem(x))
-        heatmaps, features = [], []
+        out = {}
         for i in range(self.num_stacks):
             y = self.lin[i](self.post[i](self.hourglasses[i](x)))
-            features.append(y)
+            out[f"hg{i}"] = y
             pred = self.heads[i](y) if self.predict_heatmaps else None
             if pred is not None:
-                heatmaps.append(pred)
+                out[f"heatmap{i}"] = pred
             if i < self.num_stacks - 1:
                 merged = x + self.merge_features[i](y)
                 if self.merge_predictions:
                     merged = merged + self.merge_preds[i](pred)
                 x = merged
-        return heatmaps, features
+        return out
+
+
+@BACKBONE_REGISTRY.register()
+def build_stacked_hourglass_backbone(cfg, input_shape):
+    """``StackedHourglassNet`` from ``cfg.MODEL.STACKED_HOURGLASS_NET``."""
+    c = cfg.MODEL.STACKED_HOURGLASS_NET
+    return StackedHourglassNet(
+        num_stacks=c.NUM_STACKS,
+        num_features=c.NUM_FEATURES,
+        num_keypoints=c.NUM_KEYPOINTS,
+        depth=c.DEPTH,
+        num_modules=c.NUM_MODULES,
+        merge_predictions=c.MERGE_PREDICTIONS,
+        predict_heatmaps=c.PREDICT_HEATMAPS,
+        in_channels=input_shape.channels,
+    )

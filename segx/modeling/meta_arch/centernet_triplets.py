@@ -14,8 +14,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from segx.modeling.corner_decoding import center_region_check, decode_center_keypoints
-from segx.modeling.corner_pooling import CenterPoolModule
+from segx.modeling.keypoints import center_region_check, decode_center_keypoints
 from segx.modeling.meta_arch.cornernet import CornerNet
 
 __all__ = ["CenterNetTriplets"]
@@ -23,33 +22,29 @@ __all__ = ["CenterNetTriplets"]
 
 @META_ARCH_REGISTRY.register()
 class CenterNetTriplets(CornerNet):
-    """CornerNet with a centre-keypoint branch ("ct") and the central-region check at decoding."""
+    """CornerNet with a centre-keypoint branch ("ct": center pooling, heatmap, offset; targets with
+    σ = diameter / ``center_sigma_divisor``) and the central-region check in ``decode_boxes``."""
 
     keypoint_kinds = ("tl", "br", "ct")
 
     @configurable
     def __init__(
-        self, *, center_sigma_divisor=5.0, center_topk=70, region_area_threshold=22500.0, region_n_small=3,
+        self, *, center_sigma_divisor=5.0, center_topk_test=70, region_area_thresh_test=22500.0, region_n_small=3,
         region_n_large=5, **kwargs,
     ):
         """
         Args:
             center_sigma_divisor: centre Gaussian σ = diameter / this (Duankaiwen's ``delte=5``).
-            center_topk: centre keypoints considered by the check.
-            region_area_threshold, region_n_small, region_n_large: central region = middle 1/n of the box,
+            center_topk_test: centre keypoints considered by the check.
+            region_area_thresh_test, region_n_small, region_n_large: central region = middle 1/n of the box,
                 n = ``region_n_small`` for area ≤ threshold (input pixels), else ``region_n_large``.
             kwargs: ``CornerNet`` arguments (``cascade_corner_pool=True`` for the paper's model).
         """
         super().__init__(**kwargs)
-        self.center_sigma_divisor = center_sigma_divisor
-        self.center_topk = center_topk
-        self.region_area_threshold = region_area_threshold
+        self.target_builder.center_sigma_divisor = float(center_sigma_divisor)
+        self.center_topk_test = center_topk_test
+        self.region_area_thresh_test = region_area_thresh_test
         self.region_n_small, self.region_n_large = region_n_small, region_n_large
-
-    def _make_pool(self, kind, channels, pool_channels, norm, pool_cls):
-        if kind == "ct":
-            return CenterPoolModule(channels, pool_channels, norm)
-        return super()._make_pool(kind, channels, pool_channels, norm, pool_cls)
 
     @classmethod
     def from_config(cls, cfg):
@@ -58,24 +53,22 @@ class CenterNetTriplets(CornerNet):
         ret.update(
             cascade_corner_pool=t.CASCADE_CORNER_POOL,
             center_sigma_divisor=t.CENTER_SIGMA_DIVISOR,
-            center_topk=t.CENTER_TOPK,
-            region_area_threshold=t.REGION_AREA_THRESHOLD,
+            center_topk_test=t.CENTER_TOPK_TEST,
+            region_area_thresh_test=t.REGION_AREA_THRESH_TEST,
             region_n_small=t.REGION_N_SMALL,
             region_n_large=t.REGION_N_LARGE,
         )
         return ret
 
-    def _target_kwargs(self):
-        return dict(super()._target_kwargs(), center_sigma_divisor=self.center_sigma_divisor)
-
-    def decode(self, out):
-        boxes, scores, classes = super().decode(out)
-        ct_logit, ct_off, _ = out["ct"]
+    def decode_boxes(self, outputs):
+        """CornerNet's candidates, re-scored (or rejected) by the central-region check."""
+        boxes, scores, classes = super().decode_boxes(outputs)
+        ct = outputs["ct"]
         centers, center_scores, center_classes = decode_center_keypoints(
-            torch.sigmoid(ct_logit), ct_off, k=self.center_topk, nms_kernel=self.nms_kernel
+            torch.sigmoid(ct["heatmap"]), ct["offset"], k=self.center_topk_test, nms_kernel=self.nms_kernel
         )
         scores = center_region_check(
             boxes, scores, classes, centers * self.stride, center_scores, center_classes,
-            area_threshold=self.region_area_threshold, n_small=self.region_n_small, n_large=self.region_n_large,
+            area_threshold=self.region_area_thresh_test, n_small=self.region_n_small, n_large=self.region_n_large,
         )
         return boxes, scores, classes

@@ -1,8 +1,10 @@
-"""Box decoding of the corner-based detectors: corner pairing (CornerNet), the central-region check with
-centre keypoints (CenterNet: keypoint triplets) and Gaussian soft-NMS.
+"""Box decoding of the keypoint detectors: corner pairing (CornerNet), the central-region check with centre
+keypoints (CenterNet: keypoint triplets), Gaussian soft-NMS, and centre + size boxes (CenterNet: objects as
+points).
 
-Follows princeton-vl/CornerNet ``models/py_utils/kp_utils.py`` (``_decode``) and ``test/coco.py``, and
-Duankaiwen/CenterNet ``test/coco.py`` (centre matching). Everything works on tensors with static shapes so
+Follows princeton-vl/CornerNet ``models/py_utils/kp_utils.py`` (``_decode``) and ``test/coco.py``,
+Duankaiwen/CenterNet ``test/coco.py`` (centre matching) and xingyizhou/CenterNet ``models/decode.py``
+(``ctdet_decode``). Everything works on tensors with static shapes so
 ``torch.jit.trace`` / ONNX export record it; soft-NMS runs a fixed number of greedy steps (the detections
 kept), stopping early only in eager mode, where it gives the same result.
 """
@@ -10,9 +12,12 @@ import torch
 
 from detectron2.structures import Boxes, pairwise_iou
 
-from segx.modeling.heatmaps import gather_at, heatmap_peak_nms, topk_peaks
+from segx.modeling.keypoints.heatmaps import gather_at, heatmap_peak_nms, topk_peaks
 
-__all__ = ["decode_corner_pairs", "decode_center_keypoints", "center_region_check", "soft_nms_gaussian"]
+__all__ = [
+    "decode_corner_pairs", "decode_center_keypoints", "center_region_check", "soft_nms_gaussian", "centernet_decode",
+    "clip_boxes",
+]
 
 
 def decode_corner_pairs(
@@ -144,3 +149,29 @@ def soft_nms_gaussian(boxes, scores, classes, *, sigma=0.5, score_threshold=0.00
     picked, picked_scores = torch.stack(picked), torch.stack(picked_scores)
     keep = picked_scores >= score_threshold
     return picked[keep], picked_scores[keep]
+
+
+def centernet_decode(heat, wh, offset, k=100, nms_kernel=3):
+    """CenterNet's detections from the head outputs (traceable): peaks, top-``k``, box = centre + offset ± size/2.
+
+    Args:
+        heat: ``[B,C,H,W]`` probabilities. wh, offset: ``[B,2,H,W]`` output pixels.
+    Returns:
+        boxes ``[B,K,4]`` x0,y0,x1,y1 in output pixels, scores ``[B,K]``, classes ``[B,K]`` (long).
+    """
+    heat = heatmap_peak_nms(heat, nms_kernel)
+    scores, classes, index, ys, xs = topk_peaks(heat, k)
+    size = gather_at(wh, index)
+    off = gather_at(offset, index)
+    cx, cy = xs + off[..., 0], ys + off[..., 1]
+    half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
+    boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=2)
+    return boxes, scores, classes
+
+
+def clip_boxes(boxes, image_size):
+    """``boxes`` ``[N,4]`` clamped to the image (h, w); the sizes may be tensors while tracing."""
+    h, w = image_size
+    lo = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    hi = torch.stack([torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) for v in (w, h, w, h)])
+    return torch.minimum(torch.maximum(boxes, lo), hi)

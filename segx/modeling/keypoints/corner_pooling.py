@@ -10,8 +10,7 @@ Layouts follow princeton-vl/CornerNet ``models/py_utils/kp.py`` (``pool``) and D
 from torch import nn
 from torch.nn import functional as F
 
-from segx.layers import corner_pool
-from segx.modeling.backbone.hourglass import conv_norm_relu
+from segx.layers import conv_norm_act, corner_pool
 
 __all__ = ["CORNER_DIRECTIONS", "CornerPoolModule", "CascadeCornerPoolModule", "CenterPoolModule"]
 
@@ -24,9 +23,9 @@ class _PoolModuleBase(nn.Module):
 
     def __init__(self, channels, pool_channels, norm):
         super().__init__()
-        self.pooled_conv = conv_norm_relu(pool_channels, channels, 3, 1, norm, relu=False)
-        self.skip_conv = conv_norm_relu(channels, channels, 1, 1, norm, relu=False)
-        self.out_conv = conv_norm_relu(channels, channels, 3, 1, norm)
+        self.pooled_conv = conv_norm_act(pool_channels, channels, 3, norm=norm, activation=None)
+        self.skip_conv = conv_norm_act(channels, channels, 1, norm=norm, activation=None)
+        self.out_conv = conv_norm_act(channels, channels, 3, norm=norm)
 
     def _tail(self, x, pooled):
         return self.out_conv(F.relu(self.pooled_conv(pooled) + self.skip_conv(x)))
@@ -40,8 +39,8 @@ class CornerPoolModule(_PoolModuleBase):
     def __init__(self, channels, directions, pool_channels=128, norm="BN"):
         super().__init__(channels, pool_channels, norm)
         self.directions = tuple(directions)
-        self.branch1 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
-        self.branch2 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
+        self.branch1 = conv_norm_act(channels, pool_channels, 3, norm=norm)
+        self.branch2 = conv_norm_act(channels, pool_channels, 3, norm=norm)
 
     def forward(self, x):
         d1, d2 = self.directions
@@ -57,10 +56,10 @@ class CascadeCornerPoolModule(_PoolModuleBase):
     def __init__(self, channels, directions, pool_channels=128, norm="BN"):
         super().__init__(channels, pool_channels, norm)
         self.directions = tuple(directions)
-        self.branch1 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
-        self.branch2 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
-        self.look1 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
-        self.look2 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
+        self.branch1 = conv_norm_act(channels, pool_channels, 3, norm=norm)
+        self.branch2 = conv_norm_act(channels, pool_channels, 3, norm=norm)
+        self.look1 = conv_norm_act(channels, pool_channels, 3, norm=norm)
+        self.look2 = conv_norm_act(channels, pool_channels, 3, norm=norm)
         # plain 3x3 convs (no norm / activation), as in the official module
         self.merge1 = nn.Conv2d(pool_channels, pool_channels, 3, padding=1, bias=False)
         self.merge2 = nn.Conv2d(pool_channels, pool_channels, 3, padding=1, bias=False)
@@ -79,8 +78,8 @@ class CenterPoolModule(_PoolModuleBase):
 
     def __init__(self, channels, pool_channels=128, norm="BN"):
         super().__init__(channels, pool_channels, norm)
-        self.branch1 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
-        self.branch2 = conv_norm_relu(channels, pool_channels, 3, 1, norm)
+        self.branch1 = conv_norm_act(channels, pool_channels, 3, norm=norm)
+        self.branch2 = conv_norm_act(channels, pool_channels, 3, norm=norm)
 
     def forward(self, x):
         column = corner_pool(corner_pool(self.branch1(x), "top"), "bottom")

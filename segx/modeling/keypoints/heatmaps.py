@@ -1,6 +1,7 @@
 """Heatmap mechanics shared by the keypoint detectors (CornerNet, CenterNet ×2) and the landmark models
-(Stacked Hourglass, RetinaFace landmarks): target drawing, the penalty-reduced focal loss, peak extraction
-and sub-pixel argmax decoding. Written once; each architecture picks its variant by a named option.
+(Stacked Hourglass, ``segx.modeling.landmarks``; RetinaFace landmarks): target drawing, the penalty-reduced
+focal loss, peak extraction and sub-pixel argmax decoding. Written once; each architecture picks its variant by
+a named option.
 
 Coordinates are heatmap pixels: pixel (row i, col j) is the point (x=j, y=i).
 """

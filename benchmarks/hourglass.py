@@ -3,11 +3,20 @@
     python benchmarks/hourglass.py chance      # PCK of the mean pose on segx_figures_val (the 'chance' row)
     python benchmarks/hourglass.py speed       # CPU time of HG-2 / HG-8 at 256² vs detectron2 Mask R-CNN R50-FPN
     python benchmarks/hourglass.py train       # training step time of the CPU configs, interleaved
+    python benchmarks/hourglass.py official --official-root output/official/pytorch_stacked_hourglass
+                                               # segx vs the official PoseNet: converted weights, heatmaps, CPU time
 
 ``chance``: every validation figure gets the training set's mean pose, placed in the image the way the model
 places its crop at test time (the whole image); a model must beat this to have learnt anything.
 ``speed``: random weights, batch 1, interleaved image by image in one process; prints seconds per image and
 the ratio to Mask R-CNN R50-FPN at 550² (DESIGN.md §6 lists the official code's ratios: 0.045 / 0.16).
+``official``: princeton-vl/pytorch_stacked_hourglass's ``PoseNet`` (imported from a local checkout given by
+``--official-root``; nothing of it is in segx) with random weights (BN statistics calibrated on random crops, random
+BN affine parameters), saved in the released checkpoint's layout, converted by ``tools/convert_hourglass_to_d2.py``
+into ``configs/Hourglass/hg{2,8}_256_official.yaml``; prints the largest heatmap difference per stack, the decoded
+landmarks of both (the official ``HeatmapParser`` on the last stack, clamped at 1 as ``test.py`` does, without its
+flip test; × 4 to the 256² crop, which is the whole image here) and the network's CPU time (batch 1, interleaved:
+official, segx channels-last, segx NCHW).
 """
 import argparse
 import os
@@ -128,9 +137,103 @@ def train_steps(iters=5):
         print(f"{n:24s} {np.median(times[n]):.3f} s/step  ratio to {names[0]}: {np.median(times[n]) / ref:.2f}")
 
 
+def official(root, stacks=(2, 8), iters=5, threads=1):
+    import importlib.util
+    import sys
+    import tempfile
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    root = os.path.abspath(root)
+    if not os.path.isfile(os.path.join(root, "models", "posenet.py")):
+        raise SystemExit(f"--official-root {root}: no models/posenet.py (a pytorch_stacked_hourglass checkout)")
+    sys.path.insert(0, root)
+    from models.posenet import PoseNet  # noqa: E402  (the official code, from the checkout)
+    from utils.group import HeatmapParser  # noqa: E402
+
+    spec = importlib.util.spec_from_file_location("convert", os.path.join(REPO, "tools", "convert_hourglass_to_d2.py"))
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    torch.set_num_threads(threads)
+    # one RGB 256x256 image: the first synthetic figure, upsampled (uint8, as read from disk)
+    d = DatasetCatalog.get("segx_figures_val")[0]
+    from detectron2.data.detection_utils import read_image
+
+    rgb = torch.from_numpy(read_image(d["file_name"], format="RGB").copy()).permute(2, 0, 1).float()[None]
+    rgb = torch.nn.functional.interpolate(rgb, size=(256, 256), mode="bilinear", align_corners=False)
+    img = rgb[0].round().clamp(0, 255).permute(1, 2, 0).numpy().astype(np.uint8)  # HWC RGB
+    tmp = tempfile.mkdtemp()
+    for n in stacks:
+        torch.manual_seed(0)
+        net = PoseNet(n, 256, 16)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None  # running statistics = the average over the calibration batches
+                with torch.no_grad():
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+        net.train()
+        with torch.no_grad():
+            for _ in range(2):
+                net(torch.rand(2, 256, 256, 3))
+        net.eval()
+        src, dst = os.path.join(tmp, f"official_hg{n}.pt"), os.path.join(tmp, f"segx_hg{n}.pth")
+        torch.save({"state_dict": {"model.module." + k: v for k, v in net.state_dict().items()}, "epoch": 0}, src)
+        config = os.path.join(REPO, f"configs/Hourglass/hg{n}_256_official.yaml")
+        convert.main([src, dst, "--config-file", config])
+        cfg = get_cfg()
+        add_segx_config(cfg)
+        cfg.merge_from_file(config)
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg).eval()
+        DetectionCheckpointer(model).load(dst)
+        official_in = torch.Tensor(np.float32([img / 255]))  # test.py: inp = img / 255; NHWC
+        segx_in = [{"image": torch.from_numpy(img).permute(2, 0, 1).float()}]  # RGB CHW, as the mapper gives it
+        with torch.no_grad():
+            ref = net(official_in)[0]  # [stacks, 16, 64, 64]
+            images = model.preprocess_image(segx_in)
+            maps = model.predict(model.extract_features(images, segx_in), images)["heatmaps"]
+            raw = model.inference(segx_in, do_postprocess=False)[0].pred_keypoints
+            final = model(segx_in)[0]["instances"].pred_keypoints
+        diffs = [float((maps[i][0] - ref[i]).abs().max()) for i in range(n)]
+        det = np.minimum(ref[-1].numpy(), 1)  # test.py (without the flip average)
+        parsed = HeatmapParser().parse(np.float32([det]))[0][0]  # [16, 3]: x, y, value in heatmap pixels
+        off_xy = torch.from_numpy(parsed[:, :2] * 4)  # post_process: x 4 into the 256 crop (= the image here)
+        print(f"HG-{n}: max |heatmap diff| per stack {['%.1e' % v for v in diffs]} (heatmap range "
+              f"{float(ref.min()):.2f}..{float(ref.max()):.2f}); landmarks: max |segx - official| "
+              f"{float((raw[0, :, :2] - off_xy).abs().max()):.1e} px, confidence "
+              f"{float((raw[0, :, 2] - torch.from_numpy(parsed[:, 2])).abs().max()):.1e}; truncated (official "
+              f"astype(int)) equal: {bool(torch.equal(final[0, :, :2] - 0.5, torch.trunc(off_xy)))}")
+        # CPU time of the network alone, interleaved: the official forward (NHWC input, permuted inside, as its
+        # test feeds it), segx's backbone in channels-last (the default) and in NCHW
+        x = images.tensor
+        runs = {"official PoseNet": lambda: net(official_in),
+                "segx channels-last": lambda: model.backbone(x),
+                "segx NCHW": lambda: model.backbone(x)}
+        times = {k: [] for k in runs}
+        with torch.no_grad():
+            for i in range(iters + 1):
+                for name, run in runs.items():
+                    model.backbone.channels_last = name != "segx NCHW"
+                    t = time.perf_counter()
+                    run()
+                    if i:
+                        times[name].append(time.perf_counter() - t)
+        model.backbone.channels_last = True
+        ref_t = np.median(times["official PoseNet"])
+        row = ", ".join(f"{k} {1000 * np.median(v):.0f} ms ({np.median(v) / ref_t:.2f}x)" for k, v in times.items())
+        print(f"  {row}  [{threads} thread(s), median of {iters}]")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["chance", "speed", "train"])
+    ap.add_argument("what", choices=["chance", "speed", "train", "official"])
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--official-root", default=os.path.join(REPO, "output", "official", "pytorch_stacked_hourglass"),
+                    help="official: a checkout of princeton-vl/pytorch_stacked_hourglass")
+    ap.add_argument("--stacks", type=int, nargs="+", default=[2, 8], help="official: the PoseNet sizes to compare")
+    ap.add_argument("--threads", type=int, default=1, help="official: torch threads")
     args = ap.parse_args()
-    {"chance": chance, "speed": lambda: speed(args.iters), "train": lambda: train_steps(args.iters)}[args.what]()
+    {"chance": chance, "speed": lambda: speed(args.iters), "train": lambda: train_steps(args.iters),
+     "official": lambda: official(args.official_root, args.stacks, args.iters, args.threads)}[args.what]()

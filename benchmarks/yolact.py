@@ -6,10 +6,15 @@
 
 Both models run on the same synthetic validation images (128×128, so both see a 128×128 input), interleaved
 image by image so that load on a shared machine hits both alike, through detectron2's ``DefaultPredictor``
-(resize + model + postprocess to full-image masks, batch 1; YOLACT's model squares the predictor's resized
-image to MODEL.YOLACT.INPUT_SIZE, a no-op for the 128×128 synthetic images). Prints the median ms per image of
+(resize + model + postprocess to full-image masks, batch 1; the YOLACT configs set INPUT.MIN_SIZE_TEST 0, so
+the predictor hands over the original image and the model resizes it once, straight to MODEL.YOLACT.INPUT_SIZE
+squared, as the official code; a no-op for the 128×128 synthetic images). Prints the median ms per image of
 each and the ratio YOLACT / Mask R-CNN. ``--train-iters N`` also times N training steps of each on the same batches
 (``benchmarks/rcnn_baselines.py``'s ``train_step_times``).
+
+The postprocess mask upsampling alone (100 detections, detections as channels vs as a batch, same process):
+
+    python benchmarks/yolact.py --mask-upsample --threads 1
 
 The DESIGN.md §6 setting (550² input, random weights, thresholds at 0 so postprocessing handles 100 detections,
 against detectron2's own Mask R-CNN R50-FPN config from its model zoo):
@@ -21,10 +26,32 @@ against detectron2's own Mask R-CNN R50-FPN config from its model zoo):
         INPUT.MAX_SIZE_TEST 550
 """
 import argparse
+import statistics
+import time
 
 import torch
 
 from common import dataset_images, predictor, random_images, time_predictors, train_step_times
+
+
+def mask_upsample_times(num_dets=100, proto=138, size=(550, 550), repeats=30, mask_thresh=0.5):
+    """Median ms of the postprocess mask step (soft masks ``[N,proto,proto]`` → bilinear to ``size`` → threshold)
+    with the detections as channels (``[1,N,h,w]``, segx's default since issue 18, as the official postprocess) and
+    as a batch (``[N,1,h,w]``, before), interleaved in this process; and whether the outputs are equal."""
+    from segx.modeling.yolact import upsample_masks
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(num_dets, proto, proto, generator=g)
+    times = {"channels": [], "batch": []}
+    outs = {}
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            for layout in times:
+                t0 = time.perf_counter()
+                outs[layout] = upsample_masks(masks, *size, layout=layout) > mask_thresh
+                if i >= 2:
+                    times[layout].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}, torch.equal(outs["channels"], outs["batch"])
 
 
 def main(argv=None):
@@ -41,9 +68,21 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--train-iters", type=int, default=0, help="also time this many training steps per model")
     p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--mask-upsample", action="store_true", help="only time the postprocess mask upsampling, "
+                   "detections as channels vs as a batch (100 detections, 138² prototypes, to --size or 550²)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mask_upsample:
+        sizes = [(args.size, args.size)] if args.size else [(550, 550), (480, 640)]
+        print(f"mask upsampling + threshold, 100 detections from 138x138, CPU, {torch.get_num_threads()} threads")
+        print("| output size | channels [1,N,h,w] ms | batch [N,1,h,w] ms | ratio channels / batch | equal |")
+        print("|---|---:|---:|---:|---|")
+        for size in sizes:
+            med, equal = mask_upsample_times(size=size)
+            print(f"| {size[0]}x{size[1]} | {med['channels']:.1f} | {med['batch']:.1f} | "
+                  f"{med['channels'] / med['batch']:.2f} | {equal} |")
+        return med
     models = {"YOLACT": predictor(args.yolact_config, args.yolact, args.yolact_opts),
               "Mask R-CNN": predictor(args.mask_config, args.mask, args.mask_opts)}
     images = random_images(args.size, args.num_images) if args.size else dataset_images(args.dataset, args.num_images)

@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import random
 import sys
 import types
 
@@ -330,6 +331,45 @@ def bridge_ddp_cpu():
     return True
 
 
+class _SetSamplingRandom(random.Random):
+    """``random.Random`` whose ``sample`` also takes a set (sorted first), as Python < 3.11 did."""
+
+    def sample(self, population, k, **kwargs):
+        if isinstance(population, (set, frozenset)):
+            population = sorted(population)
+        return super().sample(population, k, **kwargs)
+
+
+@_bridge("MapDataset fallback on Python >= 3.11")
+def bridge_map_dataset_fallback():
+    """When a mapper returns None (segx's ``SEGX.DATA.BAD_IMAGES skip``), detectron2's ``MapDataset`` picks another
+    record with ``random.sample`` on a set, which Python >= 3.11 refuses (TypeError). Its random generator is given
+    a ``sample`` that accepts sets (sorted, so the pick stays deterministic)."""
+    try:
+        random.Random(0).sample({0}, 1)
+        return False
+    except TypeError:
+        pass
+    from detectron2.data import common
+
+    cls = common.MapDataset
+    if getattr(cls.__init__, "_segx_bridged", False):
+        return True
+    orig_init = cls.__init__
+
+    @functools.wraps(orig_init)
+    def __init__(self, *args, **kwargs):
+        orig_init(self, *args, **kwargs)
+        if type(getattr(self, "_rng", None)) is random.Random:
+            rng = _SetSamplingRandom()
+            rng.setstate(self._rng.getstate())
+            self._rng = rng
+
+    __init__._segx_bridged = True
+    cls.__init__ = __init__
+    return True
+
+
 BEFORE_IMPORT = (bridge_pkg_resources, bridge_pil_linear, bridge_detectron2_c)
 AFTER_IMPORT = (
     bridge_deform_conv,
@@ -338,6 +378,7 @@ AFTER_IMPORT = (
     bridge_export_package,
     bridge_launch_cpu,
     bridge_ddp_cpu,
+    bridge_map_dataset_fallback,
 )
 
 _done = False

@@ -316,3 +316,78 @@ def test_export_round_trip_matches_eager(tmp_path):
     assert report.torchscript_max_diff <= 1e-4
     assert report.onnx_error is None, report.onnx_error
     assert report.onnx_max_diff <= 1e-3
+
+
+# ----------------------------------------------------------------- no non-finite boxes (issue 18, item 7)
+def test_corner_decoding_clamps_non_finite_offsets_and_rejects_nan_embeddings():
+    """Corner offsets read at the peaks: NaN → 0, ±inf → ±REGRESSION_CLAMP (1e4 map px, then clipped to the image
+    by ``decode``); a pair whose embeddings are NaN is rejected (NaN is not within the threshold)."""
+    from segx.modeling.keypoints import decode_corner_pairs
+    from segx.modeling.keypoints.decoding import REGRESSION_CLAMP
+
+    h = w = 16
+    tl_heat, br_heat = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
+    tl_off, br_off = torch.zeros(1, 2, h, w), torch.zeros(1, 2, h, w)
+    tl_emb, br_emb = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
+    tl_heat[0, 0, 2, 2], br_heat[0, 0, 10, 12] = 0.9, 0.8  # pair A: offsets inf / NaN
+    tl_off[0, :, 2, 2] = torch.tensor([float("nan"), -float("inf")])
+    br_off[0, :, 10, 12] = torch.tensor([float("inf"), 0.5])
+    tl_heat[0, 0, 4, 8], br_heat[0, 0, 14, 14] = 0.7, 0.6  # pair B: a NaN embedding
+    tl_emb[0, 0, 4, 8] = float("nan")
+    boxes, scores, _ = decode_corner_pairs(tl_heat, br_heat, tl_emb, br_emb, tl_off, br_off, k=2, num_candidates=4)
+    assert torch.isfinite(boxes).all()
+    valid = scores[0] > 0
+    # accepted: A (tl 2,2 + NaN→0, −inf→−1e4; br 12 + 1e4, 10.5) and A's tl with B's br; rejected: B's tl (NaN)
+    assert valid.sum() == 2
+    b = REGRESSION_CLAMP
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([2.0, 2.0 - b, 12.0 + b, 10.5]))
+    torch.testing.assert_close(scores[0, 0], torch.tensor(0.85))
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e20, 1e38])
+@pytest.mark.parametrize("config", ["configs/CornerNet/cornernet_hg_small_shapes.yaml",
+                                    "configs/CenterNetTriplets/centernet_triplets_hg_small_shapes.yaml"])
+def test_scaled_up_offset_heads_give_finite_boxes(config, scale):
+    """A random model whose offset heads are scaled up (×1e38 overflows to ±inf / NaN; before the clamp the
+    CornerNet case raised 'Box tensor contains infinite or NaN!' in detector_postprocess). One dominant class and
+    a loose embedding threshold make the random model pair corners."""
+    model = build_model(tiny_cfg("cornernet", config=config, **EXPORT_OVERRIDES)).eval()
+    with torch.no_grad():
+        for heads in model.offset_heads.values():
+            for m in heads.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.mul_(scale)
+    x = {"image": torch.rand(3, 64, 80) * 255, "height": 128, "width": 160}
+    with torch.no_grad():
+        raw = model.inference([x], do_postprocess=False)[0]
+        out = model([x])[0]["instances"]
+    assert torch.isfinite(raw.pred_boxes.tensor).all()
+    assert torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.scores).all()
+
+
+# ---------------------------------------------------------------------------- device audit (issue 18)
+def test_corner_targets_create_every_tensor_on_an_explicit_device():
+    """With the default device set to "meta", a tensor created without ``device=`` would land there: the per-image
+    targets stay on the CPU and the collated batch is on the requested device."""
+    boxes, classes = torch.tensor([[4.0, 8.0, 40.0, 30.0]]), torch.tensor([1])
+    no_boxes, no_classes = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+    builder = CornerTargets(2, 4, 16, kinds=("tl", "br", "ct"))
+    previous = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        per_image = [builder(boxes, classes, (48, 48)), builder(no_boxes, no_classes, (32, 32))]
+        batch = builder.collate(per_image, (12, 12), torch.device("cpu"))
+    finally:
+        torch.set_default_device(previous)
+    for t in per_image:
+        for kind in ("tl", "br", "ct"):
+            assert all(v.device.type == "cpu" for v in t[kind].values())
+    assert batch["mask"].device.type == "cpu" and batch["mask"].tolist() == [[True], [False]]
+    for kind in ("tl", "br", "ct"):
+        assert all(v.device.type == "cpu" for v in batch[kind])
+    assert batch["tl"][1].tolist() == [[2 * 12 + 1], [0]] and batch["br"][1].tolist() == [[7 * 12 + 10], [0]]
+    # a training step with the model on another device (meta stands in for an accelerator)
+    cfg = tiny_cfg("cornernet")
+    model = build_model(cfg).to("meta").train()
+    losses = model(_mapper_batch(cfg, 2))
+    assert {v.device.type for v in losses.values()} == {"meta"}

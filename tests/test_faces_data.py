@@ -51,7 +51,7 @@ def test_synthetic_faces_files_round_trip(tmp_path):
                 np.testing.assert_allclose(BoxMode.convert(ann["bbox"], ann["bbox_mode"], BoxMode.XYXY_ABS), box,
                                            atol=2e-3)
                 kp = np.asarray(ann["keypoints"]).reshape(5, 3)
-                if has:  # written at x − 0.5 (COCO integer convention), read back at x by load_coco_json
+                if has:  # written and read back at x (the face loaders' convention: the file's numbers)
                     np.testing.assert_allclose(kp[:, :2], pts, atol=2e-3)
                     assert (kp[:, 2] == 2).all()
                 else:
@@ -86,12 +86,13 @@ def test_wider_face_label_txt(tmp_path):
     img_dir = tmp_path / "train" / "images" / "0--Parade"
     img_dir.mkdir(parents=True)
     cv2.imwrite(str(img_dir / "a.jpg"), np.zeros((90, 120, 3), np.uint8))  # b.jpg stays missing
-    recs = load_wider_face_retinaface(str(label))
+    recs = load_wider_face_retinaface(str(label), check_images="none")  # (missing images: tests/test_bad_input.py)
     assert (recs[0]["height"], recs[0]["width"]) == (90, 120) and "height" not in recs[1]
     assert [os.path.relpath(r["file_name"], tmp_path / "train" / "images") for r in recs] == [
         "0--Parade/a.jpg", "1--Handshaking/b.jpg"]
     a, b = recs[0]["annotations"], recs[1]["annotations"]
-    assert len(a) == 2 and len(b) == 1  # the w = 0 face is skipped (and counted in the log)
+    assert len(a) == 3 and len(b) == 1  # the w = 0 face is kept as an ignore region (and counted in the log)
+    assert [x["iscrowd"] for x in a] == [0, 0, 1] and a[2]["bbox"] == [10, 10, 0, 5]
     assert a[0]["bbox"] == [449, 330, 122, 149] and a[0]["bbox_mode"] == BoxMode.XYWH_ABS
     kp = np.asarray(a[0]["keypoints"]).reshape(5, 3)
     np.testing.assert_allclose(kp[:, :2], [[488.906, 373.643], [542.089, 376.442], [515.031, 412.83],
@@ -100,6 +101,8 @@ def test_wider_face_label_txt(tmp_path):
     assert all(v == 0 for v in a[1]["keypoints"])  # −1 landmarks → no landmarks
     assert all(v == 0 for v in b[0]["keypoints"])  # box-only line (the validation format)
 
+    (tmp_path / "train" / "images" / "1--Handshaking").mkdir()
+    cv2.imwrite(str(tmp_path / "train" / "images" / "1--Handshaking" / "b.jpg"), np.zeros((20, 30, 3), np.uint8))
     register_wider_face_retinaface("_test_wider", str(label), size_split={"easy": 50, "medium": 20, "hard": 0})
     try:
         assert len(DatasetCatalog.get("_test_wider")) == 2
@@ -140,8 +143,8 @@ def test_wflw_sample_loads_with_the_5_point_subset(real_data):
             for ann in d["annotations"]:
                 src = by_bbox[tuple(np.round(ann["bbox"], 3))]["keypoints"]
                 kp = np.asarray(ann["keypoints"]).reshape(5, 3)
-                for j, i in enumerate(WFLW_5POINT_INDICES):  # the chosen points, +0.5 (detectron2's COCO rule)
-                    np.testing.assert_allclose(kp[j, :2], np.asarray(src[3 * i: 3 * i + 2]) + 0.5)
+                for j, i in enumerate(WFLW_5POINT_INDICES):  # the chosen points, as the file has them
+                    assert kp[j, :2].tolist() == src[3 * i: 3 * i + 2]
                 assert (kp[:, 2] > 0).all() and ann["category_id"] == 0
                 assert kp[0, 0] < kp[1, 0] and kp[3, 0] < kp[4, 0]  # left/right as seen in the image
         meta = MetadataCatalog.get("_test_wflw5")

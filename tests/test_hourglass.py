@@ -368,3 +368,268 @@ def test_checkpoints_with_the_pre_refactor_names_load():
     fresh.load_state_dict(old)  # strict
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+# ---------------------------------------------------------------- issue 18: official decoding, MPII truncation,
+# converter of the official checkpoints, channels-last, device-clean targets
+def _decode_one(hm):
+    from segx.modeling.landmarks import official_heatmap_decode
+
+    points, conf = official_heatmap_decode(torch.tensor(hm, dtype=torch.float32)[None, None])
+    return points[0, 0].tolist(), float(conf[0, 0])
+
+
+def test_official_decoding_hand_worked():
+    """pytorch_stacked_hourglass's parser, worked by hand on 5×5 maps (points in continuous heatmap pixels)."""
+    hm = np.zeros((5, 5))
+    hm[2, 2], hm[2, 3], hm[2, 1], hm[1, 2], hm[3, 2] = 0.8, 0.5, 0.3, 0.4, 0.4
+    # x: right 0.5 > left 0.3 → 2 + 0.25 + 0.5; y: down 0.4 = up 0.4, a tie → 2 − 0.25 + 0.5
+    assert _decode_one(hm) == ([2.75, 2.25], pytest.approx(0.8))
+    # segx's decoding: no shift at the tie; +0.5 is its pixel-centre convention (u = (2h + 1)/H − 1)
+    coords, _ = argmax_decode(torch.tensor(hm, dtype=torch.float32)[None, None])
+    assert (coords[0, 0] + 0.5).tolist() == [2.75, 2.5]
+    # left border: the missing left neighbour is the peak itself, the right one is not larger → −0.25
+    hm = np.zeros((5, 5))
+    hm[1, 0], hm[1, 1] = 0.9, 0.2
+    assert _decode_one(hm) == ([0.25, 1.25], pytest.approx(0.9))  # y: 0 = 0 → −0.25
+    # right border: the missing right neighbour is the peak itself, larger than the left one → +0.25
+    hm = np.zeros((5, 5))
+    hm[3, 4], hm[3, 3] = 0.9, 0.2
+    assert _decode_one(hm) == ([4.75, 3.25], pytest.approx(0.9))
+    coords, _ = argmax_decode(torch.tensor(hm, dtype=torch.float32)[None, None])
+    assert coords[0, 0].tolist() == [4.0, 3.0]  # segx: no shift at the border
+    # maps are clamped at 1 first (test.py: np.minimum(det, 1)): the confidence is 1, not the raw 1.5
+    hm = np.zeros((5, 5))
+    hm[2, 2], hm[2, 3] = 1.5, 0.3
+    assert _decode_one(hm) == ([2.75, 2.25], 1.0)  # x: 0.3 > 0 → +0.25; y: 0 = 0 → −0.25
+    # no positive local maximum: the peak of the suppressed map is a 0 (a non-maximum pixel, here the first one
+    # beside the −0.1 maximum at (x 1, y 3)), confidence 0, no shift and no +0.5
+    hm = np.full((5, 5), -1.0)
+    hm[3, 1] = -0.1
+    assert _decode_one(hm) == ([0.0, 2.0], 0.0)
+
+
+def test_official_decoding_is_the_default_and_segx_decoding_an_option():
+    assert load_cfg("configs/Hourglass/Base-Hourglass.yaml").MODEL.STACKED_HOURGLASS.DECODING == "official"
+    assert load_cfg("configs/Hourglass/hg2_gaussian_figures.yaml").MODEL.STACKED_HOURGLASS.DECODING == "segx"
+    assert load_cfg("configs/Hourglass/hg8_256_paper.yaml").MODEL.STACKED_HOURGLASS.TRUNCATE_COORDS_TEST
+    with pytest.raises(ValueError, match="decoding"):
+        build_model(hg_cfg(DECODING="mean"))
+    torch.manual_seed(0)
+    model = build_model(hg_cfg(DECODING="official")).eval()
+    data = _inputs(n_images=1)
+    with torch.no_grad():
+        images = model.preprocess_image(data)
+        pred = model.predict(model.extract_features(images, data), images)
+        out = model.decode(pred, images, data)[0]
+    from segx.modeling.landmarks import official_heatmap_decode
+
+    points, conf = official_heatmap_decode(pred["heatmaps"][-1])
+    crops = pred["crops"]
+    expected = crops["centres"][:, None] + (points * 2 / model.heatmap_size - 1) * crops["half"][:, None, None]
+    torch.testing.assert_close(out.pred_keypoints[..., :2], expected)
+    torch.testing.assert_close(out.pred_keypoints[..., 2], conf)
+
+
+def test_mpii_truncation_hand_worked():
+    from segx.modeling.landmarks import truncate_coordinates
+
+    # pose-hg-train: trunc after the 1-based offsets → 1-based pixel trunc(x) + 1, i.e. 0-based pixel trunc(x),
+    # whose centre in detectron2's coordinates is trunc(x) + 0.5; trunc, not floor, below 0
+    pts = torch.tensor([[12.7, -0.3], [5.0, 99.99], [-1.5, 0.0]])
+    assert truncate_coordinates(pts).tolist() == [[12.5, 0.5], [5.5, 99.5], [-0.5, 0.5]]
+    torch.manual_seed(0)
+    model = build_model(hg_cfg(TRUNCATE_COORDS_TEST=True)).eval()
+    data = _inputs(n_images=2)
+    with torch.no_grad():
+        raw = model.inference(data, do_postprocess=False)
+        out = model(data)
+    for r, o in zip(raw, out):  # same size: rescaling is the identity, then truncation
+        kp = o["instances"].pred_keypoints
+        assert torch.equal(kp[..., :2], torch.trunc(r.pred_keypoints[..., :2]) + 0.5)
+        assert torch.equal(kp[..., 2], r.pred_keypoints[..., 2])
+        assert not torch.equal(kp[..., :2], r.pred_keypoints[..., :2])  # the traced decode stays continuous
+
+
+def test_official_decoding_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segx.export import export_model
+
+    torch.manual_seed(0)
+    model = build_model(hg_cfg(DECODING="official")).eval()
+    report = export_model(model, torch.rand(3, 64, 48) * 255, str(tmp_path))
+    assert report.torchscript_max_diff <= 1e-4
+    assert report.onnx_error is None, report.onnx_error
+    assert report.onnx_max_diff <= 1e-3
+
+
+def _official_residual(prefix, cin, cout, sd, g):
+    """An official ``models/layers.py`` ``Residual(cin, cout)`` (its ``skip_layer`` is always there)."""
+    mid = cout // 2
+    for i, c in ((1, cin), (2, mid), (3, mid)):
+        sd[f"{prefix}.bn{i}.weight"] = 1 + 0.1 * torch.randn(c, generator=g)
+        sd[f"{prefix}.bn{i}.bias"] = 0.1 * torch.randn(c, generator=g)
+        sd[f"{prefix}.bn{i}.running_mean"] = 0.1 * torch.randn(c, generator=g)
+        sd[f"{prefix}.bn{i}.running_var"] = 0.5 + torch.rand(c, generator=g)
+        sd[f"{prefix}.bn{i}.num_batches_tracked"] = torch.tensor(7)
+    for name, (o, i_, k) in {"conv1": (mid, cin, 1), "conv2": (mid, mid, 3), "conv3": (cout, mid, 1),
+                             "skip_layer": (cout, cin, 1)}.items():
+        sd[f"{prefix}.{name}.conv.weight"] = torch.randn(o, i_, k, k, generator=g) / (i_ * k * k) ** 0.5
+        sd[f"{prefix}.{name}.conv.bias"] = 0.1 * torch.randn(o, generator=g)
+
+
+def _official_conv(prefix, cin, cout, k, sd, g, bn=False):
+    sd[f"{prefix}.conv.weight"] = torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
+    sd[f"{prefix}.conv.bias"] = 0.1 * torch.randn(cout, generator=g)
+    if bn:
+        sd[f"{prefix}.bn.weight"] = 1 + 0.1 * torch.randn(cout, generator=g)
+        sd[f"{prefix}.bn.bias"] = 0.1 * torch.randn(cout, generator=g)
+        sd[f"{prefix}.bn.running_mean"] = 0.1 * torch.randn(cout, generator=g)
+        sd[f"{prefix}.bn.running_var"] = 0.5 + torch.rand(cout, generator=g)
+        sd[f"{prefix}.bn.num_batches_tracked"] = torch.tensor(7)
+
+
+def official_posenet_state_dict(nstack, inp_dim, oup_dim, depth=4, seed=0):
+    """A state_dict with the key names and shapes of pytorch_stacked_hourglass's ``PoseNet(nstack, inp_dim,
+    oup_dim)`` (``models/posenet.py``; hourglass depth 4 there, ``depth`` here), as its ``train.py`` saves it:
+    ``{'state_dict': Trainer(DataParallel(net)).state_dict()}``, keys prefixed ``model.module.``."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    _official_conv("pre.0", 3, 64, 7, sd, g, bn=True)
+    _official_residual("pre.1", 64, 128, sd, g)
+    _official_residual("pre.3", 128, 128, sd, g)
+    _official_residual("pre.4", 128, inp_dim, sd, g)
+    for i in range(nstack):
+        prefix = f"hgs.{i}.0"
+        for _ in range(depth):
+            for name in ("up1", "low1", "low3"):
+                _official_residual(f"{prefix}.{name}", inp_dim, inp_dim, sd, g)
+            prefix = f"{prefix}.low2"
+        _official_residual(prefix, inp_dim, inp_dim, sd, g)  # the innermost low2 is a residual
+        _official_residual(f"features.{i}.0", inp_dim, inp_dim, sd, g)
+        _official_conv(f"features.{i}.1", inp_dim, inp_dim, 1, sd, g, bn=True)
+        _official_conv(f"outs.{i}", inp_dim, oup_dim, 1, sd, g)
+    for i in range(nstack - 1):
+        _official_conv(f"merge_features.{i}.conv", inp_dim, inp_dim, 1, sd, g)
+        _official_conv(f"merge_preds.{i}.conv", oup_dim, inp_dim, 1, sd, g)
+    return {"state_dict": {"model.module." + k: v for k, v in sd.items()}, "epoch": 3}
+
+
+def _convert_tool():
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("convert_hg", os.path.join(REPO_ROOT, "tools",
+                                                                             "convert_hourglass_to_d2.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+OFFICIAL_TINY = ["MODEL.STACKED_HOURGLASS_NET.NUM_FEATURES", "32", "MODEL.STACKED_HOURGLASS_NET.DEPTH", "2",
+                 "MODEL.STACKED_HOURGLASS.INPUT_SIZE", "32"]
+
+
+def test_official_checkpoint_converts_round_trips_and_loads(tmp_path, capsys):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from segx.checkpoint.hourglass import official_to_segx, segx_to_official
+
+    ckpt = official_posenet_state_dict(2, 32, 16, depth=2)
+    official = {k[len("model.module."):]: v for k, v in ckpt["state_dict"].items()}
+    src, dst = tmp_path / "checkpoint.pt", tmp_path / "segx.pth"
+    torch.save(ckpt, src)
+    config = f"{REPO_ROOT}/configs/Hourglass/hg2_256_official.yaml"
+    _convert_tool().main([str(src), str(dst), "--config-file", config, "--opts", *OFFICIAL_TINY])
+    # unused skip_layer convs: every residual with equal widths (pre.3, the hourglasses', features.{i}.0)
+    n_res_equal = 1 + 2 * (3 * 2 + 1) + 2
+    assert f"dropped {2 * n_res_equal} unused skip_layer tensors" in capsys.readouterr().out
+    converted = torch.load(dst, weights_only=False)["model"]
+    # where the official tensors go (by name)
+    assert torch.equal(converted["backbone.stem.0.weight"], official["pre.0.conv.weight"])
+    assert torch.equal(converted["backbone.stem.1.running_var"], official["pre.0.bn.running_var"])
+    assert torch.equal(converted["backbone.stem_res.0.skip.weight"], official["pre.1.skip_layer.conv.weight"])
+    assert torch.equal(converted["backbone.stem_res.3.conv2.bias"], official["pre.4.conv2.conv.bias"])
+    assert "backbone.stem_res.2.skip.weight" not in converted  # pre.3: 128 → 128, unused
+    assert torch.equal(converted["backbone.hourglasses.1.low2.low2.0.bn3.weight"],
+                       official["hgs.1.0.low2.low2.bn3.weight"])
+    assert torch.equal(converted["backbone.hourglasses.0.low2.up1.0.conv1.weight"],
+                       official["hgs.0.0.low2.up1.conv1.conv.weight"])
+    assert torch.equal(converted["backbone.post.1.0.conv3.weight"], official["features.1.0.conv3.conv.weight"])
+    assert torch.equal(converted["backbone.lin.0.1.running_mean"], official["features.0.1.bn.running_mean"])
+    assert torch.equal(converted["backbone.heads.1.bias"], official["outs.1.conv.bias"])
+    assert torch.equal(converted["backbone.merge_preds.0.weight"], official["merge_preds.0.conv.conv.weight"])
+    # back: the official layout minus the unused skip_layer convs, tensor for tensor
+    back = segx_to_official(converted)
+    assert set(back) == {k for k in official if not (k.endswith(("skip_layer.conv.weight", "skip_layer.conv.bias"))
+                                                     and k.split(".skip_layer")[0] not in ("pre.1", "pre.4"))}
+    assert all(torch.equal(back[k], official[k]) for k in back)
+    assert official_to_segx(ckpt["state_dict"]).keys() == converted.keys()
+    # it loads into the model of that config with nothing missing or left over, and runs
+    cfg = load_cfg("configs/Hourglass/hg2_256_official.yaml")
+    cfg.merge_from_list(OFFICIAL_TINY)
+    model = build_model(cfg).eval()
+    incompatible = DetectionCheckpointer(model)._load_model({"model": converted})
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 40, 32) * 255}])[0]["instances"]
+    assert out.pred_keypoints.shape == (1, 16, 3)
+
+
+def test_hourglass_converter_refuses_foreign_files_and_other_layouts(tmp_path):
+    tool = _convert_tool()
+    config = f"{REPO_ROOT}/configs/Hourglass/hg2_256_official.yaml"
+    foreign = tmp_path / "retinaface.pth"
+    torch.save({"body.stage1.0.0.weight": torch.zeros(1), "ClassHead.0.conv1x1.weight": torch.zeros(1)}, foreign)
+    with pytest.raises(SystemExit) as e:
+        tool.main([str(foreign), str(tmp_path / "out.pth"), "--config-file", config])
+    assert "not a pytorch_stacked_hourglass PoseNet checkpoint" in str(e.value) and "ClassHead" in str(e.value)
+    # an 8-stack checkpoint against the 2-stack config: the extra stacks are listed as unexpected
+    src = tmp_path / "hg3.pt"
+    torch.save(official_posenet_state_dict(3, 32, 16, depth=2), src)
+    with pytest.raises(SystemExit, match=r"unexpected.*backbone\.heads\.2\.weight"):
+        tool.main([str(src), str(tmp_path / "out.pth"), "--config-file", config, "--opts", *OFFICIAL_TINY])
+    # segx's own stem rule at width 32 (16 → 16) does not fit the official stem (64 → 128): mis-shaped, listed
+    with pytest.raises(SystemExit, match=r"mis-shaped.*backbone\.stem\.0\.weight: \(64, 3, 7, 7\) vs \(16, 3, 7, 7\)"):
+        tool.main([str(src), str(tmp_path / "out.pth"), "--config-file", config, "--opts", *OFFICIAL_TINY,
+                   "MODEL.STACKED_HOURGLASS_NET.NUM_STACKS", "3", "MODEL.STACKED_HOURGLASS_NET.STEM_CHANNELS", "[]"])
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    net = StackedHourglassNet(num_stacks=2, num_features=32, num_keypoints=4, depth=2)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fast = net(x)
+        net.channels_last = False
+        plain = net(x)
+    assert fast["heatmap1"].is_contiguous(memory_format=torch.channels_last)
+    assert plain["heatmap1"].is_contiguous()
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-5)
+    assert build_backbone(hg_cfg()).channels_last
+    nchw = tiny_cfg("hourglass", **{"MODEL.STACKED_HOURGLASS_NET.CHANNELS_LAST": False})
+    assert not build_backbone(nchw).channels_last
+
+
+def test_targets_are_built_on_the_instances_device():
+    """No tensor of the target building is created off the model's device (``tests/_fake_device.py``: a fake
+    second device checked as CUDA checks devices), inside the model and in the mapper's call."""
+    from _fake_device import FAKE, fake_device
+
+    cfg = hg_cfg(AUG_ROTATION_PROB=1.0)
+    model = build_model(cfg).train()
+    data = _inputs(n_images=2)
+    with fake_device():
+        model.to(FAKE)
+        losses = model(data)  # targets built inside the model (plain DatasetMapper inputs)
+        assert all(v.device == FAKE and torch.isfinite(v).item() for v in losses.values())
+        inst = data[0]["instances"].to(FAKE)
+        targets = model.crop_targets(inst)  # the mapper's call
+        assert all(v.device == FAKE for v in targets.values())

@@ -208,11 +208,16 @@ def test_inference_limits_and_rescaling():
         raw = model.inference([x], do_postprocess=False)[0]
         big = model([dict(x, height=256, width=256)])[0]["instances"]
     assert len(raw) == 7 and len(big) == 7
-    clipped = raw.pred_boxes.clone()
-    clipped.clip((128, 128))  # detector_postprocess clips boxes to the image
-    torch.testing.assert_close(big.pred_boxes.tensor, clipped.tensor * 2)
+    torch.testing.assert_close(big.pred_boxes.tensor, raw.pred_boxes.tensor * 2)  # official: scaled, not clipped
     torch.testing.assert_close(big.pred_keypoints[:, :, :2], raw.pred_keypoints[:, :, :2] * 2)
     torch.testing.assert_close(raw.pred_keypoints[:, :, 2], raw.scores[:, None].expand(-1, 5))
+    model.clip_boxes = True  # MODEL.RETINAFACE.CLIP_BOXES_TEST: detector_postprocess clips boxes to the image
+    with torch.no_grad():
+        big = model([dict(x, height=256, width=256)])[0]["instances"]
+    clipped = raw.pred_boxes.clone()
+    clipped.clip((128, 128))
+    keep = clipped.nonempty()
+    torch.testing.assert_close(big.pred_boxes.tensor, clipped.tensor[keep] * 2)
 
 
 @pytest.mark.slow
@@ -318,7 +323,7 @@ def test_converter_round_trip_gives_equal_outputs(config, tmp_path):
     spec.loader.exec_module(conv)
     src = tmp_path / "official.pth"
     torch.save({"module." + k: v for k, v in official.items()}, src)
-    conv.main([str(src), str(tmp_path / "d2.pth")])
+    conv.main([str(src), str(tmp_path / "d2.pth"), "--config-file", os.path.join(REPO_ROOT, config)])
     fresh = build_model(make_cfg(config)).eval()
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -354,7 +359,7 @@ def test_converter_key_layout_and_errors():
         "fpn.merge2.norm.num_batches_tracked", "ssh3.conv7x7_3.weight", "landmark_head.2.bias",
     ])
     assert sorted(segx_to_official(out)) == sorted(k[len("module."):] for k in sd)
-    with pytest.raises(KeyError, match="roi_heads"):
+    with pytest.raises(ValueError, match="roi_heads"):
         official_to_segx({"roi_heads.box_predictor.weight": torch.zeros(1)})
 
 
@@ -423,3 +428,137 @@ def test_old_config_keys_raise_an_error_naming_the_new_key(old, new, tmp_path):
         load_cfg(str(path))
     # the new key is what the loss uses
     assert sorted(build_model(make_cfg(**{new: 3.0})).loss_weights.values()).count(3.0) == 1
+
+
+# ---------------------------------------------------------------- issue 18: official NMS, clipping, finite boxes
+def test_official_nms_counts_plus_one_pixel_hand_worked():
+    from segx.modeling.retinaface import face_nms
+
+    scores = torch.tensor([0.9, 0.8])
+    # A = [0,0,9,9], B = [3,0,12,9]. Continuous: inter 6·9 = 54, areas 81 → IoU 54/108 = 0.500.
+    # +1 px (py_cpu_nms): inter (9−3+1)·(9−0+1) = 70, areas 10·10 = 100 → IoU 70/130 = 0.538.
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [3.0, 0.0, 12.0, 9.0]])
+    assert face_nms(boxes, scores, 0.52, "official").tolist() == [0]
+    assert face_nms(boxes, scores, 0.52, "torchvision").tolist() == [0, 1]
+    assert face_nms(boxes, scores, 0.55, "official").tolist() == [0, 1]
+    # Small faces differ far from the threshold: A = [0,0,4,4], B = [2,0,6,4]. Continuous IoU 8/24 = 0.333;
+    # +1 px: inter 3·5 = 15, areas 25 → 15/35 = 0.429, above the 0.4 of the official test code.
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 0.0, 6.0, 4.0]])
+    assert face_nms(boxes, scores, 0.4, "official").tolist() == [0]
+    assert face_nms(boxes, scores, 0.4, "torchvision").tolist() == [0, 1]
+    # Touching boxes overlap by one pixel column in the +1 convention: A = [0,0,4,4], B = [4,0,8,4] →
+    # inter 1·5 = 5, IoU 5/45 = 0.111 (continuous: 0).
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [4.0, 0.0, 8.0, 4.0]])
+    assert face_nms(boxes, scores, 0.1, "official").tolist() == [0]
+    assert face_nms(boxes, scores, 0.1, "torchvision").tolist() == [0, 1]
+    assert face_nms(boxes, scores, 0.12, "official").tolist() == [0, 1]
+    with pytest.raises(ValueError, match="nms_mode|mode"):
+        face_nms(boxes, scores, 0.4, "soft")
+
+
+def test_nms_mode_and_clipping_are_config_options_with_official_defaults():
+    cfg = make_cfg()
+    assert cfg.MODEL.RETINAFACE.NMS_MODE == "official" and cfg.MODEL.RETINAFACE.CLIP_BOXES_TEST is False
+    model = build_model(make_cfg(**{"MODEL.RETINAFACE.NMS_MODE": "torchvision",
+                                    "MODEL.RETINAFACE.CLIP_BOXES_TEST": True}))
+    assert model.test_limits["nms_mode"] == "torchvision" and model.clip_boxes
+    with pytest.raises(ValueError, match="nms_mode"):
+        build_model(make_cfg(**{"MODEL.RETINAFACE.NMS_MODE": "greedy"}))
+
+
+def test_rescale_without_and_with_clipping_hand_worked():
+    from segx.modeling.retinaface import rescale_faces
+
+    inst = Instances((64, 64))  # network input 64×64 → the input dict's 128 (height) × 96 (width)
+    inst.pred_boxes = Boxes(torch.tensor([[-4.0, 10.0, 70.0, 20.0], [70.0, 70.0, 80.0, 80.0]]))
+    inst.scores = torch.tensor([0.9, 0.8])
+    inst.pred_classes = torch.zeros(2, dtype=torch.long)
+    inst.pred_keypoints = torch.tensor([[[-2.0, 4.0, 0.9]] * 5, [[66.0, 70.0, 0.8]] * 5])
+    x = [{"height": 128, "width": 96}]
+    # scale x 96/64 = 1.5, y 128/64 = 2
+    out = rescale_faces([inst], x, [(64, 64)], clip_boxes=False)[0]["instances"]
+    assert out.image_size == (128, 96)
+    assert out.pred_boxes.tensor.tolist() == [[-6.0, 20.0, 105.0, 40.0], [105.0, 140.0, 120.0, 160.0]]
+    torch.testing.assert_close(out.pred_keypoints[:, 0], torch.tensor([[-3.0, 8.0, 0.9], [99.0, 140.0, 0.8]]))
+    assert inst.pred_boxes.tensor[0, 0] == -4.0  # the decoded results are not modified in place
+    clipped = rescale_faces([inst], x, [(64, 64)], clip_boxes=True)[0]["instances"]
+    # detector_postprocess: [−6, 20, 105, 40] → [0, 20, 96, 40]; the second box clips to an empty one and is dropped
+    assert clipped.pred_boxes.tensor.tolist() == [[0.0, 20.0, 96.0, 40.0]]
+
+
+@pytest.mark.parametrize("clamp", [True, False])
+def test_random_weights_with_scaled_up_box_head_give_finite_boxes(clamp):
+    """The mnet-0.25 crash of issue 18 (``Box tensor contains infinite or NaN!`` in detector_postprocess): box-head
+    weights ×1000 make exp(0.2·delta) overflow; the decoded sizes are clamped at SCALE_CLAMP."""
+    torch.manual_seed(0)
+    overrides = {"MODEL.RETINAFACE.CLIP_BOXES_TEST": True}  # clipping asserts finite boxes, as in the crash
+    if not clamp:
+        overrides["MODEL.RETINAFACE.SCALE_CLAMP"] = -1.0
+    model, image = _calibrated_model(MNET_SYN)
+    model.clip_boxes, model.scale_clamp = True, (model.scale_clamp if clamp else None)
+    with torch.no_grad():
+        for head in model.bbox_head:
+            head.weight.mul_(1000.0)
+            head.bias.mul_(1000.0)
+        raw = model.inference([{"image": image}], do_postprocess=False)[0]
+        if not clamp:  # the clamp is what keeps them finite
+            assert not torch.isfinite(raw.pred_boxes.tensor).all()
+            with pytest.raises(AssertionError, match="infinite or NaN"):
+                model([{"image": image}])
+            return
+        out = model([{"image": image, "height": 256, "width": 256}])[0]["instances"]
+    assert len(raw) > 0 and torch.isfinite(raw.pred_boxes.tensor).all()
+    assert torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.pred_keypoints).all()
+    side = raw.pred_boxes.tensor[:, 2:] - raw.pred_boxes.tensor[:, :2]
+    assert side.max() <= 512 * 1000 / 16 * (1 + 1e-5)  # at most 62.5 × the largest prior
+    assert build_model(make_cfg(**overrides)).scale_clamp == (pytest.approx(np.log(1000 / 16)) if clamp else None)
+
+
+def test_converter_refuses_foreign_files_and_mismatched_configs(tmp_path, capsys):
+    import importlib.util
+
+    tool = os.path.join(REPO_ROOT, "tools", "convert_retinaface_to_d2.py")
+    spec = importlib.util.spec_from_file_location("conv", tool)
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    mnet = os.path.join(REPO_ROOT, MNET_SYN)
+    model = build_model(make_cfg())
+    official = {"module." + k: v for k, v in segx_to_official(model.state_dict()).items()}
+    src = tmp_path / "official.pth"
+    torch.save(official, src)
+    # a foreign checkpoint (CenterNet's key layout): a one-line error naming the unknown keys, not a KeyError
+    foreign = tmp_path / "centernet.pth"
+    torch.save({"epoch": 1, "state_dict": {"hm.0.weight": torch.zeros(1), "base.conv1.weight": torch.zeros(1)}},
+               foreign)
+    with pytest.raises(SystemExit) as e:
+        conv.main([str(foreign), str(tmp_path / "out.pth"), "--config-file", mnet])
+    assert "not a RetinaFace" in str(e.value) and "hm.0.weight" in str(e.value)
+    # not a checkpoint at all
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match="junk.pth"):
+        conv.main([str(junk), str(tmp_path / "out.pth"), "--config-file", mnet])
+    # the config is required
+    with pytest.raises(SystemExit):
+        conv.main([str(src), str(tmp_path / "out.pth")])
+    assert "--config-file" in capsys.readouterr().err
+    # a model of another width: every FPN/SSH/head tensor is mis-shaped, listed, and nothing is written
+    with pytest.raises(SystemExit) as e:
+        conv.main([str(src), str(tmp_path / "out.pth"), "--config-file", mnet, "--opts",
+                   "MODEL.RETINAFACE.OUT_CHANNELS", "32"])
+    msg = str(e.value)
+    assert "mis-shaped" in msg and "class_head.0.weight: (4, 64, 1, 1) vs (4, 32, 1, 1)" in msg
+    assert not (tmp_path / "out.pth").exists()
+    # the ResNet-18 config against MobileNet weights: missing and unexpected keys, listed
+    with pytest.raises(SystemExit) as e:
+        conv.main([str(src), str(tmp_path / "out.pth"), "--config-file", os.path.join(REPO_ROOT, R18_SYN)])
+    msg = str(e.value)
+    assert "missing" in msg and "backbone.res2.0.conv1.weight" in msg
+    assert "unexpected" in msg and "backbone.stage1.0.weight" in msg
+    # a checkpoint missing one tensor: refused, with its name
+    partial = dict(official)
+    del partial["module.BboxHead.1.conv1x1.weight"]
+    torch.save(partial, src)
+    with pytest.raises(SystemExit, match=r"1 missing.*bbox_head\.1\.weight"):
+        conv.main([str(src), str(tmp_path / "out.pth"), "--config-file", mnet])
+    assert not (tmp_path / "out.pth").exists()

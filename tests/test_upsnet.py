@@ -107,6 +107,47 @@ def test_inference_gives_detectron2_panoptic_seg():
         assert out["instances"].image_size == (x["height"], x["width"])
 
 
+def test_panoptic_head_mode_reaches_decode_and_losses(train_batch):
+    """``MODEL.UPSNET.PANOPTIC_HEAD_MODE``: official (default) decodes with the official paste of detectron2 boxes
+    converted to the inclusive convention and per-class mask removal; segx with its own; both train."""
+    from segx.modeling.panoptic import mask_removal_keep, paste_mask_logits_official, upsnet_panoptic_logits
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("upsnet", **OPEN)
+    assert cfg.MODEL.UPSNET.PANOPTIC_HEAD_MODE == "official"
+    model = build_model(cfg).eval()
+    segx_model = build_model(tiny_cfg("upsnet", **dict(OPEN, **{"MODEL.UPSNET.PANOPTIC_HEAD_MODE": "segx"}))).eval()
+    segx_model.load_state_dict(model.state_dict())
+    inputs = _inputs(cfg, 1, False)
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        pred = model.predict(model.backbone(images.tensor), images)
+        out = model.decode(pred, images, inputs)[0]
+        segx_out = segx_model.inference(inputs, do_postprocess=False)[0]
+    (h, w), sel = images.image_sizes[0], pred["panoptic_instances"][0]
+    assert len(sel) > 1
+    boxes = sel.pred_boxes.tensor - torch.tensor([0.0, 0.0, 1.0, 1.0])  # detectron2 → official inclusive convention
+    keep = mask_removal_keep(paste_mask_logits_official(sel.pred_mask_logits, boxes, h, w) > 0, 0.3, sel.pred_classes)
+    sem = torch.nn.functional.interpolate(pred["sem_seg_logits"], size=images.tensor.shape[-2:], mode="bilinear",
+                                          align_corners=False)[0, :, :h, :w]
+    expected = upsnet_panoptic_logits(sem, model.num_stuff, sel.pred_mask_logits[keep], boxes[keep],
+                                      sel.pred_classes[keep], True, "official")
+    torch.testing.assert_close(out["panoptic_logits"], expected)
+    assert out["panoptic_logits"].shape != segx_out["panoptic_logits"].shape or not torch.allclose(
+        out["panoptic_logits"], segx_out["panoptic_logits"])
+    losses = {}
+    for mode, m in (("official", model), ("segx", segx_model)):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        with EventStorage(0):
+            losses[mode] = m.train()(train_batch)
+        assert torch.isfinite(sum(losses[mode].values()))
+    assert float(losses["official"]["loss_panoptic"]) != float(losses["segx"]["loss_panoptic"])
+    assert float(losses["official"]["loss_sem_seg"]) == float(losses["segx"]["loss_sem_seg"])
+    with pytest.raises(ValueError, match="PANOPTIC_HEAD_MODE"):
+        build_model(tiny_cfg("upsnet", **{"MODEL.UPSNET.PANOPTIC_HEAD_MODE": "nearest"}))
+
+
 def _leaves(module):
     return [m for m in module.modules() if not list(m.children())]
 

@@ -6,8 +6,9 @@ detectron2 checkpoint for segx's ``YOLACT`` meta-architecture.
         yolact_base_54_800000.pth output/yolact_base_54_800000_d2.pth
 
 The config must describe the same network (depth, DCN layers for ++, classes, anchors): the model is built
-from it and every checkpoint key must find its place. Otherwise nothing is written and the leftover, missing
-and mismatched keys are listed. Evaluate with
+from it and every checkpoint key must find its place. Keys the official loader drops for backward compatibility
+(``backbone.layer*`` outside ``backbone.layers``, ``fpn.downsample_layers.i`` beyond the configured ones) are
+dropped and listed. Otherwise nothing is written and the leftover, missing and mismatched keys are listed. Evaluate with
 ``python tools/train_net.py --config-file <same config> --eval-only MODEL.WEIGHTS output/..._d2.pth``.
 """
 import argparse
@@ -20,7 +21,12 @@ import segx  # noqa: F401
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from segx.checkpoint.yolact import ConversionError, convert_official_state_dict, load_official_checkpoint
+from segx.checkpoint.yolact import (
+    ConversionError,
+    convert_official_state_dict,
+    legacy_keys,
+    load_official_checkpoint,
+)
 from segx.config import add_segx_config
 
 
@@ -43,8 +49,14 @@ def main(argv=None):
         raise SystemExit(f"convert_yolact_to_d2: {args.config_file} is not a YOLACT config")
     model = build_model(cfg)
     official = load_official_checkpoint(args.input)
+    num_downsample = cfg.MODEL.YOLACT.FPN.NUM_DOWNSAMPLE
+    dropped = legacy_keys(official, num_downsample)
+    if dropped:
+        print(f"convert_yolact_to_d2: dropping {len(dropped)} keys the official loader drops too (older backbone "
+              f"naming, downsample layers beyond FPN.NUM_DOWNSAMPLE={num_downsample}):\n  " + "\n  ".join(dropped))
     try:
-        state = convert_official_state_dict(official, model.state_dict(), len(cfg.MODEL.YOLACT.FPN.IN_FEATURES))
+        state = convert_official_state_dict(official, model.state_dict(), len(cfg.MODEL.YOLACT.FPN.IN_FEATURES),
+                                            num_downsample=num_downsample)
     except ConversionError as e:
         print(f"convert_yolact_to_d2: refusing to write {args.output}\n{e}", file=sys.stderr)
         return 1

@@ -1,1 +1,6 @@
-from .atomic import AtomicDetectionCheckpointer, atomic_torch_save  # noqa: F401
+from .atomic import (  # noqa: F401
+    AtomicDetectionCheckpointer,
+    CheckedDetectionCheckpointer,
+    CorruptCheckpointError,
+    atomic_torch_save,
+)

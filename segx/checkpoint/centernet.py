@@ -3,13 +3,20 @@
 Official layout (``{'epoch', 'state_dict'}``; keys optionally prefixed ``module.``):
 - ``res_18`` / ``res_101`` (``msra_resnet.py``): torchvision-style ``conv1``, ``bn1``, ``layer{1..4}.*``,
   ``deconv_layers.{0,1,3,4,6,7}.*`` and the heads ``hm|wh|reg.{0,2}.*``;
+- ``resdcn_18`` / ``resdcn_101`` (``resnet_dcn.py``): the same trunk and heads, ``deconv_layers.{0..17}``: per
+  up-stage a DCNv2 layer (``weight``, ``bias``, ``conv_offset_mask.*``), BN, ConvTranspose, BN;
 - ``dla_34`` (``pose_dla_dcn.py``): ``base.*`` (DLA trunk; ``base.fc.*``, the ImageNet classifier, is unused),
   ``dla_up.ida_{i}.{proj,up,node}_{j}.*``, ``ida_up.*``, heads as above. Deformable convs (DCNv2) hold
   ``conv.weight``, ``conv.bias`` and ``conv.conv_offset_mask.*``.
 
 segx layout: the backbone under ``backbone.`` with the same names, the heads unchanged, ``conv_offset_mask``
-renamed ``offset_conv``, and each deformable conv's weight halved: segx's modulated mask is 2·sigmoid where
-DCNv2's is sigmoid, and the output is linear in the mask, so the converted layer is exactly the official one.
+renamed ``offset_conv``. DLA-34's deformable convs (``<p>.conv.weight`` beside ``<p>.conv.conv_offset_mask``)
+have their weight halved: segx's DLA uses a 2·sigmoid mask where DCNv2's is sigmoid, and the output is linear in
+the mask, so the converted layer is exactly the official one. The ``resdcn`` up-path uses DCNv2's own sigmoid
+mask (``mask_scale=1``), so its weights are copied unchanged.
+
+Whether the converted keys fit a model is checked against a config by the command line
+(``tools/convert_centernet_to_d2.py --config-file``, ``segx.checkpoint.convert_cli.check_against_config``).
 """
 import re
 
@@ -35,7 +42,7 @@ def _dcn_weights(keys, offset_name):
 
 
 def official_to_segx(state_dict):
-    """Official ``state_dict`` (res_* or dla_34) → segx ``CenterNet`` ``state_dict``."""
+    """Official ``state_dict`` (res_*, resdcn_* or dla_34) → segx ``CenterNet`` ``state_dict``."""
     sd = strip_module_prefix(state_dict)
     if not any(k.startswith(HEAD_PREFIXES) for k in sd):
         raise ValueError("official_to_segx: no 'hm.'/'wh.'/'reg.' head keys; not a CenterNet ctdet checkpoint")

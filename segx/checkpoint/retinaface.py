@@ -71,7 +71,8 @@ def _official_key(k):
 def official_to_segx(state_dict):
     """Official RetinaFace ``state_dict`` (``module.`` prefix allowed) → segx ``RetinaFace`` keys.
 
-    Raises ``KeyError`` listing the keys it does not know (e.g. a checkpoint of another model)."""
+    Raises ``ValueError`` listing the keys it does not know (e.g. a checkpoint of another model); the converter
+    command line reports it as a one-line error."""
     sd = strip_module_prefix(state_dict)
     out, unknown = {}, []
     for k, v in sd.items():
@@ -80,8 +81,9 @@ def official_to_segx(state_dict):
         except KeyError:
             unknown.append(k)
     if unknown:
-        raise KeyError(f"not RetinaFace (biubug6/Pytorch_Retinaface) keys: {unknown[:10]}"
-                       + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"not a RetinaFace (biubug6/Pytorch_Retinaface) checkpoint: {len(unknown)} of {len(sd)} keys "
+                         f"are unknown: {unknown[:10]}{more}")
     return out
 
 
@@ -116,7 +118,8 @@ def _segx_key(k):
 
 
 def segx_to_official(state_dict):
-    """segx ``RetinaFace`` ``state_dict`` → the official key layout (inverse of ``official_to_segx``)."""
+    """segx ``RetinaFace`` ``state_dict`` → the official key layout (inverse of ``official_to_segx``); ``ValueError``
+    listing the keys without an official counterpart."""
     out, unknown = {}, []
     for k, v in state_dict.items():
         try:
@@ -124,5 +127,6 @@ def segx_to_official(state_dict):
         except KeyError:
             unknown.append(k)
     if unknown:
-        raise KeyError(f"keys without an official RetinaFace counterpart: {unknown[:10]}")
+        raise ValueError(f"keys without an official RetinaFace counterpart: {unknown[:10]}"
+                         + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
     return out

@@ -13,13 +13,20 @@ Official layout → segx:
   ``semantic_seg_conv``                     → ``semantic_seg_conv``
   ``maskiou_net.maskiou_net.i``             → ``maskiou_net.net.i`` (YOLACT++)
 BatchNorm ``num_batches_tracked`` buffers are optional on both sides (older PyTorch did not save them).
+
+Keys the official loader (``Yolact.load_weights``) drops for backward compatibility are dropped here too, and
+reported (``legacy_keys``): ``backbone.layer*`` keys that are not ``backbone.layers.*`` (an older backbone
+naming) and ``fpn.downsample_layers.i`` with i ≥ the configured number of downsample levels (v1.0 files).
 """
+import logging
 import re
 
 import torch
 
 __all__ = ["official_to_segx_key", "segx_to_official_key", "convert_official_state_dict", "to_official_state_dict",
-           "ConversionError"]
+           "legacy_keys", "num_downsample_of", "ConversionError"]
+
+logger = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -94,13 +101,42 @@ def _optional(key):
     return key.endswith("num_batches_tracked")
 
 
-def convert_official_state_dict(official, model_state, num_fpn_inputs=3):
+def num_downsample_of(model_state):
+    """The number of FPN downsample levels (P6, P7, ...) of a segx YOLACT ``state_dict``."""
+    idx = {int(m.group(1)) for m in (re.match(r"backbone\.downsample_convs\.(\d+)\.", k) for k in model_state) if m}
+    return max(idx) + 1 if idx else 0
+
+
+def legacy_keys(official, num_downsample):
+    """The keys of an official ``state_dict`` that dbolya/yolact's ``Yolact.load_weights`` deletes before loading:
+    ``backbone.layer*`` not under ``backbone.layers`` (old backbone naming), and ``fpn.downsample_layers.i`` with
+    i ≥ ``num_downsample`` (v1.0 checkpoints carried more downsample layers than the configs use)."""
+    out = []
+    for key in official:
+        if key.startswith("backbone.layer") and not key.startswith("backbone.layers"):
+            out.append(key)
+        elif key.startswith("fpn.downsample_layers.") and int(key.split(".")[2]) >= num_downsample:
+            out.append(key)
+    return out
+
+
+def convert_official_state_dict(official, model_state, num_fpn_inputs=3, num_downsample=None):
     """Official ``state_dict`` → segx ``state_dict`` for a model whose ``state_dict()`` is ``model_state``.
 
-    Raises :class:`ConversionError` listing every leftover checkpoint key, missing model key and shape mismatch.
+    First drops (and logs) the ``legacy_keys`` the official loader drops too (``num_downsample``: the model's FPN
+    downsample levels, read from ``model_state`` when None). Then raises :class:`ConversionError` listing every
+    leftover checkpoint key, missing model key and shape mismatch.
     """
+    if num_downsample is None:
+        num_downsample = num_downsample_of(model_state)
+    dropped = set(legacy_keys(official, num_downsample))
+    if dropped:
+        logger.warning("YOLACT checkpoint: dropped %d keys the official loader drops too (backward compatibility): %s",
+                       len(dropped), ", ".join(sorted(dropped)))
     out, leftover, mismatched = {}, [], []
     for key, value in official.items():
+        if key in dropped:
+            continue
         new = official_to_segx_key(key, num_fpn_inputs)
         if new is None or new not in model_state:
             if not _optional(key):

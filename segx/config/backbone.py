@@ -47,6 +47,11 @@ def add_backbone_config(cfg):
     cfg.MODEL.RESNET_DECONV = CN()
     cfg.MODEL.RESNET_DECONV.DECONV_CHANNELS = [256, 256, 256]
     cfg.MODEL.RESNET_DECONV.DECONV_KERNELS = [4, 4, 4]
+    # The conv before each deconv: "none" = msra_resnet (CenterNet res_18 / res_101: deconv → norm → ReLU);
+    # "dcn" = resnet_dcn (resdcn_18 / resdcn_101, the released ResNet COCO models: modulated deformable 3×3 conv
+    # with DCNv2's sigmoid mask → norm → ReLU → deconv → norm → ReLU, deconvs initialised as resnet_dcn; use
+    # DECONV_CHANNELS [256, 128, 64]); "conv" = the same with a plain 3×3 conv (exports to ONNX).
+    cfg.MODEL.RESNET_DECONV.UP_CONV = "none"
 
     # DLA-34 + deformable up-path (build_dla34_dcn_backbone).
     cfg.MODEL.DLA = CN()

@@ -50,4 +50,16 @@ def add_centernet_config(cfg):
     cfg.MODEL.CENTERNET.NMS_KERNEL = 3
     cfg.MODEL.CENTERNET.DETECTIONS_PER_IMAGE = 100
     cfg.MODEL.CENTERNET.SCORE_THRESH_TEST = 0.0
+    # Test-time input geometry (CenterNetMapper, is_train=False):
+    # "letterbox" (official, xingyizhou/CenterNet's test pre_process with fix_res): the image, scaled by
+    #   TEST_INPUT_SIZE / max(h, w) about its centre, is warped into a TEST_INPUT_SIZE² canvas (cv2.warpAffine,
+    #   bilinear) with black (0) padding around it; the model maps its boxes back to the original image by the
+    #   inverse of that affine, without clipping (as ctdet_post_process). INPUT.MIN/MAX_SIZE_TEST are not used.
+    # "resize": detectron2's ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST), padding bottom/right
+    #   (the pixel mean colour), boxes rescaled to the image and clipped (detector_postprocess): segx's earlier
+    #   behaviour, kept by the synthetic-shapes configs.
+    # Inputs without the mapper's "letterbox" record (DefaultPredictor, hand-made inputs) are used as given.
+    cfg.MODEL.CENTERNET.TEST_INPUT = "letterbox"
+    # Side of the square letterbox canvas (official input_res: 512 for COCO).
+    cfg.MODEL.CENTERNET.TEST_INPUT_SIZE = 512
     return cfg

@@ -3,6 +3,7 @@ from detectron2.config import CfgNode as CN
 
 from segx.config.backbone import add_backbone_config
 from segx.config.yolact import add_yolact_config
+from segx.config.yolact_edge import add_yolact_edge_config
 from segx.config.cornernet import add_cornernet_config
 from segx.config.centernet import add_centernet_config
 from segx.config.hourglass import add_hourglass_config
@@ -31,8 +32,15 @@ def add_segx_config(cfg):
     cfg.SEGX.VIS = CN()
     cfg.SEGX.VIS.NUM_IMAGES = 8
     cfg.SEGX.VIS.SCORE_THRESHOLD = 0.5
+    # Data loading (segx/data/mappers/base.py, for every mapper).
+    cfg.SEGX.DATA = CN()
+    # A training image that cannot be read (missing, empty, truncated or corrupt file): "raise" stops with an error
+    # naming the file and the image id; "skip" leaves it out with a warning counting the skipped images. Test
+    # loaders and export always raise.
+    cfg.SEGX.DATA.BAD_IMAGES = "raise"
     add_backbone_config(cfg)
     add_yolact_config(cfg)
+    add_yolact_edge_config(cfg)
     add_cornernet_config(cfg)
     add_centernet_config(cfg)
     add_hourglass_config(cfg)

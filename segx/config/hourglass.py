@@ -32,6 +32,15 @@ def add_hourglass_config(cfg):
     # Add the 1x1-mapped heatmap predictions into the next stack's input (the paper's merge); the mapped
     # features are always added.
     cfg.MODEL.STACKED_HOURGLASS_NET.MERGE_PREDICTIONS = True
+    # Widths [C0, C1] of the stem (7x7 conv to C0, residuals C0 -> C1 -> C1 -> NUM_FEATURES). Empty: NUM_FEATURES/4,
+    # /2 for widths >= 128 (the official 64, 128 at 256), NUM_FEATURES/2 below. The official pytorch_stacked_hourglass
+    # PoseNet uses [64, 128] at every width (configs/Hourglass/hg*_256_official.yaml).
+    cfg.MODEL.STACKED_HOURGLASS_NET.STEM_CHANNELS = []
+    # Run the network in channels-last memory format (NHWC; the input crops are converted, the outputs keep the
+    # format). Same values up to float rounding; on the CPU it is what makes segx as fast as the official
+    # pytorch_stacked_hourglass, whose PoseNet permutes NHWC input and so runs channels-last
+    # (benchmarks/hourglass.py official). False: contiguous NCHW.
+    cfg.MODEL.STACKED_HOURGLASS_NET.CHANNELS_LAST = True
 
     # ---- The meta-architecture (StackedHourglass): person crops, targets, losses, decoding.
     cfg.MODEL.STACKED_HOURGLASS = CN()
@@ -64,3 +73,16 @@ def add_hourglass_config(cfg):
     cfg.MODEL.STACKED_HOURGLASS.AUG_SCALE = 0.25
     cfg.MODEL.STACKED_HOURGLASS.AUG_ROTATION = 30.0
     cfg.MODEL.STACKED_HOURGLASS.AUG_ROTATION_PROB = 0.4
+    # Heatmap decoding at test time (segx.modeling.landmarks.decoding):
+    # "official": princeton-vl/pytorch_stacked_hourglass's (maps clamped at 1; peak of the 3x3-max-suppressed map,
+    #   confidence 0 when it is not positive; then always ±0.25 px toward the larger neighbour, ties -0.25, borders
+    #   compared with the peak itself; +0.5 px only for positive peaks);
+    # "segx": arg-max of the raw maps, confidence = the raw maximum, 0.25 px toward a strictly larger neighbour,
+    #   no shift at ties or borders (pose-hg-train's rule, except its (0, 0) for non-positive maxima). The synthetic
+    #   figures configs use it (their model-card table was measured with it).
+    cfg.MODEL.STACKED_HOURGLASS.DECODING = "official"
+    # Truncate the final landmark coordinates to integer pixels, as the official MPII post-processing does
+    # (pose-hg-train's transformPreds: trunc after the 1-based offsets), reported as that pixel's centre
+    # trunc(x) + 0.5 in detectron2's continuous coordinates. Applied after rescaling to the input's size; the
+    # traced decode (inference(..., do_postprocess=False)) stays continuous. The MPII paper configs set it.
+    cfg.MODEL.STACKED_HOURGLASS.TRUNCATE_COORDS_TEST = False

@@ -1,4 +1,6 @@
 """Config keys of RetinaFace (``cfg.MODEL.RETINAFACE``)."""
+import math
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_retinaface_config", "RENAMED_KEYS"]
@@ -48,3 +50,14 @@ def add_retinaface_config(cfg):
     cfg.MODEL.RETINAFACE.TOPK_CANDIDATES_TEST = 5000
     cfg.MODEL.RETINAFACE.NMS_THRESH_TEST = 0.4
     cfg.MODEL.RETINAFACE.DETECTIONS_PER_IMAGE = 750
+    # Inference NMS IoU: "official" counts widths, heights and overlaps with the +1-pixel convention of the official
+    # py_cpu_nms (w = x1 - x0 + 1); "torchvision" uses the continuous boxes (segx's behaviour before issue 18).
+    # They keep different boxes far from the threshold too on small faces (model card: measured figure).
+    cfg.MODEL.RETINAFACE.NMS_MODE = "official"
+    # Clip the output boxes to the image and drop empty ones (detectron2's detector_postprocess). The official
+    # detect.py / test_widerface.py do not clip (False): boxes may reach outside the image, as theirs do.
+    cfg.MODEL.RETINAFACE.CLIP_BOXES_TEST = False
+    # Largest log(decoded box side / prior side) before exp, so no prediction decodes to an infinite box
+    # (detectron2's Box2BoxTransform clamp, log(1000/16): at most 62.5x the prior). A negative value turns the clamp
+    # off (the official code has none); trained models never reach it.
+    cfg.MODEL.RETINAFACE.SCALE_CLAMP = math.log(1000.0 / 16)

@@ -51,4 +51,11 @@ def add_upsnet_config(cfg):
     # name, MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT). Official: 4096 for COCO at 800 px, 2048 for Cityscapes
     # at 1024 px.
     cfg.MODEL.UPSNET.STUFF_AREA_LIMIT = 4096
+    # Panoptic head (training and inference): "official" = uber-research/UPSNet's SegTerm/MaskTerm/MaskRemoval. Boxes
+    # in its inclusive convention (detectron2's x1, y1 minus 1 px); the semantic term spans trunc(x0)..round(x1), the
+    # mask logits are resized to trunc(x1)-trunc(x0)+1 px and pasted at trunc(x0)..trunc(x1) (rows alike); unknown =
+    # max thing semantic logit - max semantic term, -(-10) with no instance. "segx" = segx's earlier head: pixel-centre
+    # box test, grid_sample paste over the box, unknown = max thing semantic logit - max (semantic term + mask logits),
+    # -0 with no instance.
+    cfg.MODEL.UPSNET.PANOPTIC_HEAD_MODE = "official"
     return cfg

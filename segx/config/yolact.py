@@ -1,4 +1,6 @@
 """Config keys of YOLACT / YOLACT++ (``cfg.MODEL.YOLACT``), defaults as dbolya/yolact's ``yolact_base``."""
+import math
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_yolact_config", "RENAMED_KEYS"]
@@ -30,14 +32,22 @@ def add_yolact_config(cfg):
     cfg.MODEL.YOLACT.PROTO_NUM_CONVS = 3
     # Width of the shared head's 3×3 conv (``upfeature``).
     cfg.MODEL.YOLACT.HEAD_CHANNELS = 256
-    # Anchor sizes in input pixels, one list per level (YOLACT++: 3 per level, 24·2^(j/3)).
+    # Anchor sizes in input pixels, one list per level. With ANCHOR_SCALES_PER_OCTAVE n > 1 these are base sizes:
+    # each s becomes s·2^(j/n), j = 0..n-1, computed in double precision (YOLACT++: bases 24..384 and n = 3, as
+    # the official [[s * 2 ** (j / 3.0) for j in range(3)] for s in ...]).
     cfg.MODEL.YOLACT.ANCHOR_SCALES = [[24.0], [48.0], [96.0], [192.0], [384.0]]
+    # Scales per octave n (see ANCHOR_SCALES): 1 for YOLACT, 3 for YOLACT++.
+    cfg.MODEL.YOLACT.ANCHOR_SCALES_PER_OCTAVE = 1
     # Aspect ratios w/h at each location; w = scale·sqrt(r), h = scale/sqrt(r).
     cfg.MODEL.YOLACT.ANCHOR_RATIOS = [1.0, 0.5, 2.0]
     # YOLACT (not ++) makes all anchors square (h = w) - a bug in the official code its weights depend on.
     cfg.MODEL.YOLACT.SQUARE_ANCHORS = True
     # SSD box coding variances (centre, size).
     cfg.MODEL.YOLACT.BOX_VARIANCES = (0.1, 0.2)
+    # Inference: largest log(decoded box size / anchor size), as detectron2 clamps its box deltas
+    # (log(1000/16): a box at most 62.5x its anchor's side), so no weights decode to infinite or NaN boxes. The
+    # official decoding has no bound (0.0 turns it off); it differs only for boxes over 62.5x their anchor.
+    cfg.MODEL.YOLACT.BOX_SCALE_CLAMP = math.log(1000.0 / 16)
     # Matching: IoU ≥ POS_IOU positive, < NEG_IOU background, in between neutral; crowd boxes covering more
     # than CROWD_IOU of a background anchor make it neutral.
     cfg.MODEL.YOLACT.POS_IOU = 0.5
@@ -60,8 +70,14 @@ def add_yolact_config(cfg):
     # crop, box edges padded by 1 prototype pixel and pixels tested by their index (j ≥ x0 - 1, j < x1 + 1);
     # "center": a pixel is inside when its centre is (x0 ≤ j + 0.5 < x1).
     cfg.MODEL.YOLACT.CROP_MODE = "official"
-    # YOLACT++ mask re-scoring: a small conv net predicts each mask's IoU; score ← score · predicted IoU.
+    # YOLACT++ mask re-scoring: a small conv net predicts each mask's IoU; mask score = score · predicted IoU
+    # (official rescore_mask), output as the `mask_scores` field beside the box `scores`.
     cfg.MODEL.YOLACT.MASKIOU_ON = False
+    # YOLACT++: also re-score the boxes (official rescore_bbox, off by default). False (official): `scores` stay the
+    # Fast NMS box scores and the re-scored ones are `mask_scores`, which segx's COCO evaluator uses for segm AP
+    # (box AP with `scores`). True: `scores` = the re-scored value for both tasks, no `mask_scores` field (segx
+    # before issue 18).
+    cfg.MODEL.YOLACT.RESCORE_BOX = False
     # YOLACT++: GT masks smaller than this (prototype pixels) get no mask-IoU target.
     cfg.MODEL.YOLACT.DISCARD_MASK_AREA = 25
     # Inference: class-max score threshold, per-class candidates before Fast NMS, Fast NMS IoU, detections kept
@@ -71,6 +87,10 @@ def add_yolact_config(cfg):
     cfg.MODEL.YOLACT.NMS_THRESH_TEST = 0.5
     cfg.MODEL.YOLACT.DETECTIONS_PER_IMAGE = 100
     cfg.MODEL.YOLACT.MASK_THRESH_TEST = 0.5
+    # Output boxes. "official": as dbolya/yolact's postprocess (evaluation parity): per axis the smaller corner
+    # first, x0, y0 >= 0 and x1 <= width, y1 <= height, then truncated to integers. "float": continuous
+    # coordinates clipped to the image (segx before issue 18).
+    cfg.MODEL.YOLACT.BOX_OUTPUT_MODE = "official"
 
     # YOLACT's FPN (backbone name "build_yolact_fpn_backbone").
     cfg.MODEL.YOLACT.FPN = CN()

@@ -8,8 +8,8 @@ RetinaFace's WIDER FACE labels). Every scene is a pure function of ``(seed, inde
 
 Files are COCO-keypoints-style: JPEG images and ``faces.json`` (category "face", 5 keypoints in the order
 ``FACE_KEYPOINT_NAMES``), under ``$SEGX_DATA_CACHE`` (see ``segx.data.synthetic.data_cache_dir``).
-Keypoint x, y are written in COCO's integer-pixel convention (continuous coordinate − 0.5), which
-detectron2's ``load_coco_json`` undoes by adding 0.5.
+Keypoint x, y are written as they are drawn (the frame of the boxes), which is what the face loaders return
+(``segx.data.datasets.faces``: landmarks are the file's numbers, RetinaFace's convention).
 """
 import hashlib
 import json
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # "left"/"right" as seen in the image (left = smaller x), RetinaFace's landmark order.
 FACE_KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 FACE_KEYPOINT_FLIP_MAP = (("left_eye", "right_eye"), ("left_mouth", "right_mouth"))
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: landmarks written in the boxes' frame (1: minus 0.5)
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def write_faces_dataset(spec: FaceSpec, root=None):
         images.append({"id": idx + 1, "file_name": file_name, "height": spec.height, "width": spec.width})
         for box, pts, has in zip(scene.boxes, scene.landmarks, scene.has_landmarks):
             if has:
-                kpts = np.concatenate([pts - 0.5, np.full((5, 1), 2.0)], axis=1).flatten().round(3).tolist()
+                kpts = np.concatenate([pts, np.full((5, 1), 2.0)], axis=1).flatten().round(3).tolist()
             else:
                 kpts, no_ldm = [0.0] * 15, no_ldm + 1
             bw, bh = box[2] - box[0], box[3] - box[1]

@@ -12,7 +12,6 @@ from collections import OrderedDict
 import torch
 
 import segx  # noqa: F401  (compat bridges + registries, before detectron2's engine is used)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -21,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from segx import _compat
-from segx.checkpoint import AtomicDetectionCheckpointer
+from segx.checkpoint import AtomicDetectionCheckpointer, CheckedDetectionCheckpointer
 from segx.config import add_segx_config
 from segx.data.datasets import SYNTHETIC_SPECS, ensure_builtin_dataset
 from segx.data.mappers import build_mapper
@@ -49,11 +48,10 @@ class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with evaluators picked from dataset metadata and atomic checkpoints."""
 
     def build_hooks(self):
-        if self.cfg.SEGX.ATOMIC_CHECKPOINTS:
-            old = self.checkpointer
-            self.checkpointer = AtomicDetectionCheckpointer(
-                old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
-            )
+        # loads name a truncated or corrupt MODEL.WEIGHTS / last checkpoint; saves are atomic unless turned off
+        cls = AtomicDetectionCheckpointer if self.cfg.SEGX.ATOMIC_CHECKPOINTS else CheckedDetectionCheckpointer
+        old = self.checkpointer
+        self.checkpointer = cls(old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables)
         return super().build_hooks()
 
     @classmethod
@@ -90,7 +88,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        CheckedDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

@@ -9,3 +9,5 @@ from segx.evaluation.registry import EVALUATOR_TYPES, build_evaluator_by_type, r
 __all__ = ["EVALUATOR_TYPES", "build_evaluator_by_type", "register_evaluator_type"]
 from segx.evaluation import pck  # noqa: F401,E402  (registers evaluator_type "pck": PCKEvaluator)
 from segx.evaluation import face  # noqa: F401,E402  (registers evaluator_type "face": FaceEvaluator)
+from segx.evaluation.coco import SegxCOCOEvaluator  # noqa: F401,E402  (evaluator_type "coco"; mask_scores)
+from segx.evaluation import video  # noqa: F401,E402  (registers evaluator_type "coco_video": COCO AP per frame + frame times)

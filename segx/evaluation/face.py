@@ -1,18 +1,27 @@
-"""Face detection + 5-landmark evaluation (evaluator type ``"face"``): box AP and landmark NME.
+"""Face detection + landmark evaluation (evaluator type ``"face"``): box AP and landmark NME.
 
-Box AP is computed here (no pycocotools): per IoU threshold, detections of all images sorted by score are
+Box AP, COCO-style view (no pycocotools): per IoU threshold, detections of all images sorted by score are
 greedily matched to unmatched ground-truth faces (highest IoU first, COCO's rule); AP is the area under the
 interpolated precision/recall curve sampled at 101 recall points (COCO). All detections are used (WIDER
 FACE's protocol has no per-image cap). ``iscrowd`` faces are "ignore" regions: a detection matching one
-counts neither as true nor false positive.
+counts neither as true nor false positive (the WIDER FACE loader keeps faces of zero width or height as such).
 
-WIDER-style subsets: when the dataset metadata has ``face_size_split`` (``{"easy": min_h, "medium": min_h,
-"hard": min_h}``, box height in pixels of the original image), ``AP50_<subset>`` is computed with the faces
-below that height turned into ignore regions, so the subsets are cumulative as WIDER FACE's are.
+Size subsets (COCO-style view): when the dataset metadata has ``face_size_split`` (``{"easy": min_h, ...}``,
+box height in pixels of the original image), ``AP50_<subset>`` is computed with the faces below that height
+turned into ignore regions, so the subsets are cumulative. This is not WIDER FACE's official split.
+
+Official WIDER FACE protocol: when the metadata has ``wider_face_gt_dir`` (the folder of the official
+``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``), ``WIDER_easy``, ``WIDER_medium`` and
+``WIDER_hard`` are the official APs (``segx.evaluation.wider_face``: the official membership, ignore rule,
+PR curve and AP), in percent; the PR curves are written to ``wider_pr_curves.json`` in the output folder.
 
 Landmark NME: for every ground-truth face that has landmarks (all points visible) and is matched at IoU 0.5
 by a detection, the mean point-to-point distance between predicted and true landmarks divided by the face
-box size sqrt(w·h) (``NME``), and by the inter-ocular distance (points 0 and 1, ``NME_io``); both in percent.
+box size sqrt(w·h) (``NME``), and by the inter-ocular distance (``NME_io``); both in percent. The eye points
+come from the metadata: ``face_eye_indices`` when set, else ``left_eye``/``right_eye`` in ``keypoint_names``
+(the 5-point layout), else the layout's standard outer eye corners by landmark count (68 points: 36/45 as
+300-W; 98 points: 60/72 as WFLW). Any other layout is refused with an error rather than normalised by the
+wrong points.
 """
 import itertools
 import json
@@ -29,9 +38,35 @@ from detectron2.utils import comm
 
 from segx.evaluation.registry import register_evaluator_type
 
-__all__ = ["FaceEvaluator", "face_ap", "match_detections", "box_iou_np"]
+__all__ = ["FaceEvaluator", "face_ap", "match_detections", "box_iou_np", "inter_ocular_indices", "EYE_INDICES_BY_COUNT"]
 
 logger = logging.getLogger(__name__)
+
+# The inter-ocular normaliser's two points per landmark layout (by count): the eye centres of RetinaFace's
+# 5-point layout, the outer eye corners of the 68-point (300-W / iBUG) and 98-point (WFLW) layouts.
+EYE_INDICES_BY_COUNT = {5: (0, 1), 68: (36, 45), 98: (60, 72)}
+
+
+def inter_ocular_indices(keypoint_names=None, num_keypoints=None, eye_indices=None, where="FaceEvaluator"):
+    """The two landmark indices whose distance normalises ``NME_io``: ``eye_indices`` when given, else
+    ``left_eye``/``right_eye`` in ``keypoint_names``, else ``EYE_INDICES_BY_COUNT`` for the number of points.
+    Raises ``ValueError`` (naming ``where``) for a layout it does not know."""
+    names = list(keypoint_names or [])
+    k = len(names) or num_keypoints
+    if eye_indices is not None:
+        idx = tuple(int(i) for i in eye_indices)
+        if len(idx) != 2 or (k and not all(0 <= i < k for i in idx)) or idx[0] == idx[1]:
+            raise ValueError(f"{where}: face_eye_indices must be two different landmark indices "
+                             f"in 0..{(k or 1) - 1}, got {tuple(eye_indices)}")
+        return idx
+    if "left_eye" in names and "right_eye" in names:
+        return names.index("left_eye"), names.index("right_eye")
+    if k in EYE_INDICES_BY_COUNT:
+        return EYE_INDICES_BY_COUNT[k]
+    raise ValueError(
+        f"{where}: no inter-ocular normaliser for a {k}-point landmark layout (known: names left_eye/right_eye, "
+        f"or {sorted(EYE_INDICES_BY_COUNT)} points); set the dataset's metadata face_eye_indices=(i, j)"
+    )
 
 
 def box_iou_np(a, b):
@@ -95,12 +130,19 @@ def face_ap(scores, states, num_gt):
 class FaceEvaluator(DatasetEvaluator):
     """Box AP (AP, AP50, AP75, AP50 per size subset) and landmark NME for a face dataset (see module doc).
 
-    Ground truth comes from ``DatasetCatalog.get(dataset_name)`` (keypoints in the same convention as the
-    model's input, e.g. detectron2's +0.5 for COCO files); predictions from ``instances`` (``pred_boxes``,
-    ``scores``, ``pred_keypoints``).
+    Ground truth comes from ``DatasetCatalog.get(dataset_name)`` (landmarks in the face loaders' convention,
+    ``segx.data.datasets.faces``: the file's own coordinates, as the model is trained on them); predictions
+    from ``instances`` (``pred_boxes``, ``scores``, ``pred_keypoints``).
+
+    Args:
+        wider_gt_dir: folder of the official WIDER FACE ``.mat`` files (default: metadata
+            ``wider_face_gt_dir``); adds the official ``WIDER_easy/medium/hard`` AP.
+        wider_box_rounding: how model boxes become the official x, y, w, h ("retinaface": truncated to
+            integers as RetinaFace's ``test_widerface.py`` writes them; "none").
     """
 
-    def __init__(self, dataset_name, output_dir=None, iou_thresholds=None, size_split=None, distributed=True):
+    def __init__(self, dataset_name, output_dir=None, iou_thresholds=None, size_split=None, distributed=True,
+                 wider_gt_dir=None, wider_box_rounding="retinaface"):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
         self._iou_thresholds = (
@@ -110,6 +152,14 @@ class FaceEvaluator(DatasetEvaluator):
         self._size_split = dict(size_split if size_split is not None else meta.get("face_size_split", None) or {})
         self._distributed = distributed
         self._predictions = []
+        self._wider_gt_dir = wider_gt_dir if wider_gt_dir is not None else meta.get("wider_face_gt_dir", None)
+        self._wider_box_rounding = wider_box_rounding
+        self._keypoint_names = meta.get("keypoint_names", None)
+        self._eye_indices_meta = meta.get("face_eye_indices", None)
+        self._eye_indices = None
+        if self._keypoint_names or self._eye_indices_meta is not None:  # refuse an unknown layout up front
+            self._eye_indices = inter_ocular_indices(
+                self._keypoint_names, eye_indices=self._eye_indices_meta, where=f"FaceEvaluator({dataset_name})")
 
     def reset(self):
         self._predictions = []
@@ -128,7 +178,9 @@ class FaceEvaluator(DatasetEvaluator):
 
     def _ground_truth(self):
         gts = {}
+        self._file_names = {}
         for rec in DatasetCatalog.get(self._dataset_name):
+            self._file_names[rec["image_id"]] = rec.get("file_name", "")
             boxes, crowd, kpts, has = [], [], [], []
             for ann in rec.get("annotations", []):
                 boxes.append(BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS))
@@ -170,11 +222,32 @@ class FaceEvaluator(DatasetEvaluator):
         for name, min_h in self._size_split.items():
             results[f"AP50_{name}"] = 100 * self._ap(preds, gts, 0.5, min_height=float(min_h))
         results.update(self._nme(preds, gts))
+        curves = None
+        if self._wider_gt_dir:
+            official, curves = self._wider_official(preds)
+            results.update(official)
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
             with open(os.path.join(self._output_dir, "face_results.json"), "w") as f:
                 json.dump(results, f, indent=1)
+            if curves:
+                with open(os.path.join(self._output_dir, "wider_pr_curves.json"), "w") as f:
+                    json.dump({s: {"precision": p.tolist(), "recall": r.tolist()} for s, (p, r) in curves.items()}, f)
         return {"face": results}
+
+    def _wider_official(self, preds):
+        """``WIDER_<setting>`` AP (percent) with the official protocol; images are matched to the ground truth
+        by ``<event folder>/<image name>`` of their ``file_name``."""
+        from segx.evaluation.wider_face import WIDER_SETTINGS, load_wider_ground_truth, wider_face_eval, xyxy_to_wider
+
+        gt = load_wider_ground_truth(self._wider_gt_dir)
+        official = {}
+        for image_id, p in preds.items():
+            path = self._file_names.get(image_id, "")
+            key = (os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0])
+            official[key] = xyxy_to_wider(p["boxes"], p["scores"], self._wider_box_rounding)
+        aps, curves = wider_face_eval(official, gt)
+        return OrderedDict((f"WIDER_{s}", 100 * aps[s]) for s in WIDER_SETTINGS), curves
 
     def _ap(self, preds, gts, iou_thresh, min_height):
         scores, states, num_gt = [], [], 0
@@ -192,6 +265,11 @@ class FaceEvaluator(DatasetEvaluator):
 
     def _nme(self, preds, gts):
         errs_box, errs_io, num_ldm_faces = [], [], 0
+        eyes = self._eye_indices
+        if eyes is None:  # no names in the metadata: the layout from the ground truth's landmark count
+            counts = {len(k) for g in gts.values() for k, has in zip(g["keypoints"], g["has_landmarks"]) if has}
+            if counts:
+                eyes = inter_ocular_indices(num_keypoints=max(counts), where=f"FaceEvaluator({self._dataset_name})")
         for image_id, p in preds.items():
             gt = gts[image_id]
             num_ldm_faces += int((gt["has_landmarks"] & ~gt["crowd"]).sum())
@@ -211,7 +289,7 @@ class FaceEvaluator(DatasetEvaluator):
                 err = np.linalg.norm(p["keypoints"][d] - true, axis=1).mean()
                 w, h = gt["boxes"][g, 2:] - gt["boxes"][g, :2]
                 errs_box.append(err / max(np.sqrt(max(w, 0) * max(h, 0)), 1e-6))
-                errs_io.append(err / max(np.linalg.norm(true[0] - true[1]), 1e-6))
+                errs_io.append(err / max(np.linalg.norm(true[eyes[0]] - true[eyes[1]]), 1e-6))
         out = OrderedDict()
         out["NME"] = 100 * float(np.mean(errs_box)) if errs_box else float("nan")
         out["NME_io"] = 100 * float(np.mean(errs_io)) if errs_io else float("nan")

@@ -37,16 +37,22 @@ def build_evaluator_by_type(name, cfg, dataset_name, output_folder):
 
 @register_evaluator_type("coco")
 def _coco(cfg, dataset_name, output_folder):
-    return COCOEvaluator(dataset_name, output_dir=output_folder)
+    # COCOEvaluator that ranks segm results by an Instances field `mask_scores` when a model outputs one
+    # (YOLACT++'s official mask re-scoring); identical to COCOEvaluator otherwise
+    from segx.evaluation.coco import SegxCOCOEvaluator
+
+    return SegxCOCOEvaluator(dataset_name, output_dir=output_folder)
 
 
 @register_evaluator_type("coco_panoptic_seg")
 def _coco_panoptic(cfg, dataset_name, output_folder):
     from detectron2.data import MetadataCatalog
 
+    from segx.evaluation.coco import SegxCOCOEvaluator  # re-numbers annotation ids from 0 (coco_ids.py)
+
     evaluators = [COCOPanopticEvaluator(dataset_name, output_folder)]
     if cfg.MODEL.MASK_ON and MetadataCatalog.get(dataset_name).get("json_file", None):
-        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        evaluators.append(SegxCOCOEvaluator(dataset_name, output_dir=output_folder))
     return evaluators
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 import segx  # noqa: F401
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, detection_utils
 from detectron2.export.flatten import TracingAdapter
 from detectron2.modeling import build_model
 
+from segx.checkpoint import CheckedDetectionCheckpointer
 from segx.config import add_segx_config
 from segx.data.mappers import build_mapper
 
@@ -190,7 +190,7 @@ def cli(argv=None):
     cfg.freeze()
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        CheckedDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # names a truncated or corrupt file
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialised model")
     report = export_model(model, sample_input(cfg, args.sample_image), args.output, formats)

@@ -21,16 +21,18 @@ def _batched_iou(boxes):
 
 def fast_nms_keep(sorted_boxes, iou_threshold):
     """``sorted_boxes`` ``[C,K,4]`` (or ``[K,4]``), each row sorted by descending score → keep mask
-    ``[C,K]`` (``[K]``): box j survives iff IoU(i, j) ≤ ``iou_threshold`` for every i < j."""
+    ``[C,K]`` (``[K]``): box j survives iff IoU(i, j) ≤ ``iou_threshold`` for every i < j (K may be 0)."""
     single = sorted_boxes.dim() == 2
     boxes = sorted_boxes[None] if single else sorted_boxes
     iou = _batched_iou(boxes).triu(diagonal=1)
-    keep = iou.max(dim=1).values <= iou_threshold
+    # "no box above j overlaps it by more than the threshold": the column max ≤ threshold, written as a count so
+    # that it also holds for K = 0 (a max over an empty dimension is an error)
+    keep = (iou > iou_threshold).sum(dim=1) == 0
     return keep[0] if single else keep
 
 
 def multiclass_fast_nms(boxes, scores, score_threshold=0.05, iou_threshold=0.5, top_k=200, max_detections=100):
-    """YOLACT's ``Detect`` for one image.
+    """YOLACT's ``Detect`` for one image, step for step as dbolya/yolact's ``Detect.fast_nms``.
 
     Args:
         boxes: ``[P,4]`` xyxy decoded boxes; scores: ``[P,C]`` foreground class probabilities.
@@ -39,19 +41,20 @@ def multiclass_fast_nms(boxes, scores, score_threshold=0.05, iou_threshold=0.5, 
         top_k: candidates per class entering Fast NMS; max_detections: kept overall, by score.
     Returns:
         ``(prior_idx [N], classes [N], scores [N])`` sorted by descending score, N ≤ ``max_detections``.
+
+    The sorts run on the same tensors as the official ones (the candidates' ``[C,Pc]`` class scores, then the kept
+    scores in class-major order), so detections with exactly equal scores come out in the official order on the
+    same device and PyTorch build (``torch.sort`` orders ties by its own rule, which differs between CPU and
+    GPU). Shapes depend on the data (candidates, kept boxes); tracing records them as dynamic.
     """
-    num_priors, num_classes = scores.shape
+    num_classes = scores.shape[1]
     candidate = scores.max(dim=1).values > score_threshold  # [P]
-    # non-candidates sink below every candidate (probabilities are ≥ 0), so each class's top-k equals the
-    # top-k among candidates; the filler rows are dropped after NMS and cannot suppress anything above them
-    masked = torch.where(candidate[:, None], scores, torch.full_like(scores, -1.0)).t()  # [C,P]
-    k = min(top_k, num_priors)
-    cls_scores, idx = masked.topk(k, dim=1)  # [C,K], sorted
-    keep = fast_nms_keep(boxes[idx], iou_threshold) & (cls_scores >= 0)
-    flat_scores = torch.where(keep, cls_scores, torch.full_like(cls_scores, -1.0)).reshape(-1)
-    n = min(max_detections, flat_scores.numel())
-    top_scores, order = flat_scores.topk(n)
-    valid = top_scores >= 0
-    order = order[valid]
-    classes = torch.div(order, k, rounding_mode="floor")
-    return idx.reshape(-1)[order], classes, top_scores[valid]
+    cand_idx = candidate.nonzero()[:, 0]  # [Pc]
+    cls_scores, order = scores.t()[:, candidate].sort(dim=1, descending=True)  # [C,Pc]
+    cls_scores, order = cls_scores[:, :top_k], order[:, :top_k]  # [C,K]
+    idx = cand_idx[order]  # prior index of each [C,K] entry
+    keep = fast_nms_keep(boxes[idx], iou_threshold)  # [C,K]
+    classes = torch.arange(num_classes, device=scores.device)[:, None].expand_as(keep)[keep]
+    kept_scores, order = cls_scores[keep].sort(dim=0, descending=True)
+    order = order[:max_detections]
+    return idx[keep][order], classes[order], kept_scores[:max_detections]

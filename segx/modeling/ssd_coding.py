@@ -4,6 +4,8 @@ Shared by YOLACT (dbolya/yolact ``layers/box_utils.py``) and RetinaFace (biubug6
 ``utils/box_utils.py``), which both follow SSD (Liu et al. 2016). Priors are ``[P,4]`` (cx, cy, w, h) and
 boxes ``[N,4]`` (x0, y0, x1, y1), in the same units (pixels or fractions of the image).
 """
+import math
+
 import torch
 from torchvision.ops import box_iou
 
@@ -17,10 +19,13 @@ __all__ = [
     "hard_negative_mining",
     "NEGATIVE",
     "IGNORE",
+    "DEFAULT_SCALE_CLAMP",
 ]
 
 NEGATIVE = -1  # match_priors: the prior is background
 IGNORE = -2  # match_priors: the prior is neither (neutral IoU band or crowd); no classification loss
+# decode_boxes: largest log(size / prior size), as detectron2's Box2BoxTransform (_DEFAULT_SCALE_CLAMP)
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 def priors_to_xyxy(priors):
@@ -38,11 +43,20 @@ def encode_boxes(boxes, priors, variances=(0.1, 0.2)):
     )
 
 
-def decode_boxes(deltas, priors, variances=(0.1, 0.2)):
-    """Inverse of ``encode_boxes``: ``deltas`` ``[..., P, 4]`` → boxes ``[..., P, 4]`` xyxy."""
+def decode_boxes(deltas, priors, variances=(0.1, 0.2), scale_clamp=DEFAULT_SCALE_CLAMP):
+    """Inverse of ``encode_boxes``: ``deltas`` ``[..., P, 4]`` → boxes ``[..., P, 4]`` xyxy.
+
+    The log size ratio ``deltas[..., 2:] · v1`` is clamped at ``scale_clamp`` before ``exp`` (detectron2's
+    ``Box2BoxTransform``: log(1000/16), a box at most 62.5× its prior's side), so no prediction decodes to an
+    infinite box. ``None`` turns the clamp off (the official SSD-style code has none).
+    """
     center = priors[:, :2] + deltas[..., :2] * variances[0] * priors[:, 2:]
-    wh = priors[:, 2:] * torch.exp(deltas[..., 2:] * variances[1])
-    return torch.cat([center - wh / 2, center + wh / 2], dim=-1)
+    log_ratio = deltas[..., 2:] * variances[1]
+    if scale_clamp is not None:
+        log_ratio = log_ratio.clamp(max=scale_clamp)
+    wh = priors[:, 2:] * torch.exp(log_ratio)
+    x0y0 = center - wh / 2
+    return torch.cat([x0y0, x0y0 + wh], dim=-1)  # x1 = x0 + w, as the official SSD-style decode rounds it
 
 
 def encode_landmarks(points, priors, variances=(0.1, 0.2)):

@@ -19,7 +19,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from segx.data import synthetic_keypoints as figs
-from segx.data.datasets.coco import DatasetValidationError, _load_json, register_coco_dataset
+from segx.data.datasets.coco import DatasetValidationError, _load_json, keypoint_names_for, register_coco_dataset
 
 __all__ = [
     "FIGURE_SPECS",
@@ -202,29 +202,29 @@ def register_mpii(name, annotation_file, image_root, head_box_from="auto"):
     return name
 
 
-def register_coco_keypoints(name, json_file, image_root, evaluator_type="pck"):
+def register_coco_keypoints(name, json_file, image_root, evaluator_type="pck", keypoint_names=None):
     """Registers a COCO person-keypoints JSON as ``name`` (``register_coco_dataset`` + keypoint metadata from
-    the category's ``keypoints``/``skeleton``). Each annotation's keypoint count must match the category's
-    names; errors name the file and the annotation. ``evaluator_type``: "pck" or "coco" (OKS AP)."""
+    the category's ``keypoints``/``skeleton``). Each annotation's keypoint count must match the names; errors
+    name the file and the annotation. ``evaluator_type``: "pck" or "coco" (OKS AP).
+
+    ``keypoint_names``: the names when the category's ``keypoints`` list is empty (mmpose's face files, e.g.
+    300-W); without them the count is inferred from the annotations and the points are named ``keypoint_<i>``.
+    """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     data = _load_json(json_file)
     cats = [c for c in data.get("categories", []) if c.get("keypoints")]
-    if len(cats) != 1:
-        raise DatasetValidationError(json_file, [f"needs exactly one category with 'keypoints', found {len(cats)}"])
-    names = cats[0]["keypoints"]
-    problems = [
-        f"annotation id {a.get('id')} (image id {a.get('image_id')}): {len(a['keypoints']) // 3} keypoints, "
-        f"category has {len(names)}"
-        for a in data.get("annotations", []) if "keypoints" in a and len(a["keypoints"]) != 3 * len(names)
-    ]
-    if problems:
-        raise DatasetValidationError(json_file, problems)
+    if len(cats) > 1:
+        raise DatasetValidationError(json_file, [f"needs one category with 'keypoints', found {len(cats)}"])
+    names = keypoint_names_for(data, json_file, keypoint_names)
+    if not names:
+        raise DatasetValidationError(json_file, ["no keypoints: no category lists 'keypoints' and no annotation "
+                                                 "has any; pass keypoint_names= for a file of keypoints"])
     index = {n: i for i, n in enumerate(names)}
     flip = [(index[n], index["right_" + n[5:]]) for n in names if n.startswith("left_") and "right_" + n[5:] in index]
-    skeleton = [(a - 1, b - 1) for a, b in cats[0].get("skeleton", [])]
+    skeleton = [(a - 1, b - 1) for a, b in (cats[0].get("skeleton") or [] if cats else [])]
     meta = keypoint_metadata(names, flip, skeleton, evaluator_type)
     meta["thing_classes"] = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    register_coco_dataset(name, json_file, image_root, metadata=meta)
+    register_coco_dataset(name, json_file, image_root, metadata=meta, keypoint_names=names)
     return name
 
 

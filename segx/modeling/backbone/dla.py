@@ -144,7 +144,7 @@ def _bilinear_(up):
     k = up.weight.shape[-1]
     f = math.ceil(k / 2)
     c = (2 * f - 1 - f % 2) / (2.0 * f)
-    r = 1 - (torch.arange(k, dtype=torch.float32) / f - c).abs()
+    r = 1 - (torch.arange(k, dtype=torch.float32, device=up.weight.device) / f - c).abs()
     with torch.no_grad():
         up.weight.copy_((r[:, None] * r[None, :]).expand_as(up.weight))
 

@@ -142,13 +142,16 @@ class ResNet(Backbone):
     def size_divisibility(self):
         return 32
 
-    def stages(self, x):
-        """Every stage's output, ``{"res2": ..., "res5": ...}``."""
+    def stages(self, x, last="res5"):
+        """Every stage's output up to ``last``, ``{"res2": ..., last: ...}`` (YolactEdge's non-key frames stop at
+        ``"res3"``)."""
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         out = {}
         for s in range(4):
             x = getattr(self, f"layer{s + 1}")(x)
             out[f"res{s + 2}"] = x
+            if f"res{s + 2}" == last:
+                break
         return out
 
     def forward(self, x):

@@ -16,6 +16,7 @@ from .decoding import (
     clip_boxes,
     decode_center_keypoints,
     decode_corner_pairs,
+    finite_clamp,
     soft_nms_gaussian,
 )
 from .heads import KeypointHead, build_centernet_heads, build_corner_branches, centernet_head
@@ -37,7 +38,7 @@ from .targets import CenterTargets, CornerTargets, HeatmapTargets, padded_map_si
 __all__ = [
     "CORNER_DIRECTIONS", "CornerPoolModule", "CascadeCornerPoolModule", "CenterPoolModule",
     "decode_corner_pairs", "decode_center_keypoints", "center_region_check", "soft_nms_gaussian", "centernet_decode",
-    "clip_boxes", "KeypointHead", "build_corner_branches", "centernet_head", "build_centernet_heads",
+    "clip_boxes", "finite_clamp", "KeypointHead", "build_corner_branches", "centernet_head", "build_centernet_heads",
     "GAUSSIAN_RADIUS_VARIANTS", "gaussian_radius", "gaussian_kernel", "draw_gaussian", "landmark_heatmaps",
     "heatmap_focal_loss", "heatmap_peak_nms", "topk_peaks", "gather_at", "argmax_decode",
     "associative_embedding_loss", "corner_losses", "l1_at_centers", "centernet_losses",

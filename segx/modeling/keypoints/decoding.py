@@ -16,8 +16,20 @@ from segx.modeling.keypoints.heatmaps import gather_at, heatmap_peak_nms, topk_p
 
 __all__ = [
     "decode_corner_pairs", "decode_center_keypoints", "center_region_check", "soft_nms_gaussian", "centernet_decode",
-    "clip_boxes",
+    "clip_boxes", "finite_clamp", "REGRESSION_CLAMP",
 ]
+
+# Bound (heatmap pixels) on every regressed box quantity before it becomes a coordinate: CenterNet's sizes and
+# offsets, the corner and centre offsets. As detectron2 clamps its box deltas (``Box2BoxTransform``'s scale_clamp),
+# so that no model emits non-finite boxes; a trained model's values are far inside it (a map side is ≤ ~10³ px),
+# so the official outputs are unchanged. NaN becomes 0, ±inf the bound.
+REGRESSION_CLAMP = 1e4
+
+
+def finite_clamp(x, bound=REGRESSION_CLAMP):
+    """``x`` with NaN → 0 and every value clamped to [−bound, bound] (traceable; ONNX: Equal, Where, Clip)."""
+    x = torch.where(x == x, x, torch.zeros_like(x))
+    return x.clamp(min=-bound, max=bound)
 
 
 def decode_corner_pairs(
@@ -43,7 +55,7 @@ def decode_corner_pairs(
     tl_s, tl_c, tl_i, tl_y, tl_x = topk_peaks(tl_heat, k)
     br_s, br_c, br_i, br_y, br_x = topk_peaks(br_heat, k)
     b, kk = tl_s.shape
-    tl_o, br_o = gather_at(tl_off, tl_i), gather_at(br_off, br_i)  # [B,K,2]
+    tl_o, br_o = finite_clamp(gather_at(tl_off, tl_i)), finite_clamp(gather_at(br_off, br_i))  # [B,K,2]
     tl_x, tl_y = tl_x + tl_o[..., 0], tl_y + tl_o[..., 1]
     br_x, br_y = br_x + br_o[..., 0], br_y + br_o[..., 1]
     tl_e, br_e = gather_at(tl_emb, tl_i)[..., 0], gather_at(br_emb, br_i)[..., 0]
@@ -59,7 +71,7 @@ def decode_corner_pairs(
         (tl_s[:, :, None] <= 0)
         | (br_s[:, None, :] <= 0)
         | (tl_c[:, :, None] != br_c[:, None, :])
-        | ((tl_e[:, :, None] - br_e[:, None, :]).abs() > embedding_threshold)
+        | ~((tl_e[:, :, None] - br_e[:, None, :]).abs() <= embedding_threshold)  # NaN embeddings: rejected
         | (x1 < x0)
         | (y1 < y0)
     )
@@ -75,7 +87,7 @@ def decode_center_keypoints(ct_heat, ct_off, *, k=70, nms_kernel=3):
     (descending), classes ``[B,K]``."""
     ct_heat = heatmap_peak_nms(ct_heat, nms_kernel)
     s, c, i, y, x = topk_peaks(ct_heat, k)
-    off = gather_at(ct_off, i)
+    off = finite_clamp(gather_at(ct_off, i))
     return torch.stack([x + off[..., 0], y + off[..., 1]], dim=2), s, c
 
 
@@ -155,14 +167,15 @@ def centernet_decode(heat, wh, offset, k=100, nms_kernel=3):
     """CenterNet's detections from the head outputs (traceable): peaks, top-``k``, box = centre + offset ± size/2.
 
     Args:
-        heat: ``[B,C,H,W]`` probabilities. wh, offset: ``[B,2,H,W]`` output pixels.
+        heat: ``[B,C,H,W]`` probabilities. wh, offset: ``[B,2,H,W]`` output pixels; the values read at the peaks
+            go through ``finite_clamp`` (NaN → 0, |v| ≤ ``REGRESSION_CLAMP``), so the boxes are always finite.
     Returns:
         boxes ``[B,K,4]`` x0,y0,x1,y1 in output pixels, scores ``[B,K]``, classes ``[B,K]`` (long).
     """
     heat = heatmap_peak_nms(heat, nms_kernel)
     scores, classes, index, ys, xs = topk_peaks(heat, k)
-    size = gather_at(wh, index)
-    off = gather_at(offset, index)
+    size = finite_clamp(gather_at(wh, index))
+    off = finite_clamp(gather_at(offset, index))
     cx, cy = xs + off[..., 0], ys + off[..., 1]
     half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
     boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=2)

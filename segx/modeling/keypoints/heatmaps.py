@@ -90,15 +90,16 @@ def landmark_heatmaps(points, size, sigma, kind="gaussian", visible=None):
             (6σ+1)² window around the point and 0 outside it.
         visible: ``[K]`` bool; invisible or out-of-map landmarks get an all-zero map.
     Returns:
-        ``[K,H,W]`` float32.
+        ``[K,H,W]`` float32, on the device of ``points`` (the CPU for lists / arrays).
     """
     if kind not in ("gaussian", "cauchy"):
         raise ValueError(f"landmark_heatmaps: kind must be 'gaussian' or 'cauchy', got {kind!r}")
     h, w = size
-    points = torch.as_tensor(points, dtype=torch.float32)
+    device = points.device if torch.is_tensor(points) else torch.device("cpu")
+    points = torch.as_tensor(points, dtype=torch.float32, device=device)
     centre = torch.floor(points + 0.5)
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
+    ys = torch.arange(h, dtype=torch.float32, device=device)[None, :, None]
+    xs = torch.arange(w, dtype=torch.float32, device=device)[None, None, :]
     dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
     d2 = dx * dx + dy * dy
     half = 3 * sigma
@@ -106,7 +107,7 @@ def landmark_heatmaps(points, size, sigma, kind="gaussian", visible=None):
     maps = torch.exp(-d2 / (2 * sigma * sigma)) if kind == "gaussian" else sigma / (d2 + sigma * sigma) ** 1.5
     inside = (centre[:, 0] >= 0) & (centre[:, 0] < w) & (centre[:, 1] >= 0) & (centre[:, 1] < h)
     if visible is not None:
-        inside &= torch.as_tensor(visible, dtype=torch.bool)
+        inside &= torch.as_tensor(visible, dtype=torch.bool, device=device)
     return maps * window * inside[:, None, None]
 
 

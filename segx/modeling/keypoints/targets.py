@@ -6,6 +6,11 @@ an input has no ``"targets"``): Gaussian heatmaps on the image's own output map 
 targets. Per batch (in the model, ``collate``): the heatmaps zero-padded to the batch's map (images of a batch are
 padded to the largest) and the flat indices y·W + x into that map. For a batch of equal-size images this is exactly
 what a batch-level builder gives; for mixed sizes each image's targets no longer depend on the other images.
+
+Devices: the per-image targets are always built on the CPU (``CPU``; the loader workers have no accelerator, and
+drawing Gaussians is a per-object loop), whatever device the given boxes are on; ``collate`` assembles the batch
+on the CPU and moves each batch tensor once to the model's ``device``. Every tensor is created with an explicit
+``device``, so no CPU index tensor meets a device tensor.
 """
 import math
 
@@ -15,6 +20,8 @@ from torch.nn import functional as F
 from segx.modeling.keypoints.heatmaps import GAUSSIAN_RADIUS_VARIANTS, draw_gaussian, gaussian_radius
 
 __all__ = ["padded_map_size", "HeatmapTargets", "CornerTargets", "CenterTargets"]
+
+CPU = torch.device("cpu")
 
 
 def padded_map_size(image_size, stride, size_divisibility=0):
@@ -92,12 +99,13 @@ class CornerTargets(HeatmapTargets):
         "offset": [N,2]}}``, every object kept."""
         h, w = self.map_size(image_size)
         scale = 1.0 / self.stride
-        boxes = gt_boxes.detach().to("cpu", torch.float64)
+        boxes = gt_boxes.detach().to(CPU, torch.float64)
         n = len(boxes)
         out = {"map_size": (h, w)}
         for kind in self.kinds:
-            out[kind] = {"heatmap": torch.zeros(self.num_classes, h, w), "points": torch.zeros(n, 2, dtype=torch.long),
-                         "offset": torch.zeros(n, 2)}
+            out[kind] = {"heatmap": torch.zeros(self.num_classes, h, w, device=CPU),
+                         "points": torch.zeros(n, 2, dtype=torch.long, device=CPU),
+                         "offset": torch.zeros(n, 2, device=CPU)}
         for j, (box, cls) in enumerate(zip(boxes.tolist(), gt_classes.tolist())):
             if not 0 <= cls < self.num_classes:
                 raise ValueError(f"CornerTargets: object {j} has class {cls}, NUM_CLASSES is {self.num_classes}")
@@ -117,20 +125,22 @@ class CornerTargets(HeatmapTargets):
 
     def collate(self, targets, map_size, device=None):
         """Per-image targets → the batch's on a ``map_size`` (H, W) map: kind → (heatmap ``[B,C,H,W]``, index
-        ``[B,M]`` long into H·W, offset ``[B,M,2]``) and "mask" → ``[B,M]`` bool, M = max objects (at least 1)."""
+        ``[B,M]`` long into H·W, offset ``[B,M,2]``) and "mask" → ``[B,M]`` bool, M = max objects (at least 1),
+        all on ``device`` (None: the CPU). Assembled on the CPU (per-image targets on any device are read there)."""
         H, W = (int(s) for s in map_size)
         b = len(targets)
         m = max([1] + [len(t[self.kinds[0]]["points"]) for t in targets])
-        mask = torch.zeros(b, m, dtype=torch.bool)
+        mask = torch.zeros(b, m, dtype=torch.bool, device=CPU)
         out = {}
         for kind in self.kinds:
-            index, offset = torch.zeros(b, m, dtype=torch.long), torch.zeros(b, m, 2)
+            index = torch.zeros(b, m, dtype=torch.long, device=CPU)
+            offset = torch.zeros(b, m, 2, device=CPU)
             for i, t in enumerate(targets):
-                pts = t[kind]["points"]
+                pts = t[kind]["points"].to(CPU)
                 index[i, : len(pts)] = pts[:, 1] * W + pts[:, 0]
-                offset[i, : len(pts)] = t[kind]["offset"]
+                offset[i, : len(pts)] = t[kind]["offset"].to(CPU)
                 mask[i, : len(pts)] = True
-            heat = torch.stack([_pad_to(t[kind]["heatmap"], (H, W)) for t in targets])
+            heat = torch.stack([_pad_to(t[kind]["heatmap"].to(CPU), (H, W)) for t in targets])
             out[kind] = (heat.to(device), index.to(device), offset.to(device))
         out["mask"] = mask.to(device)
         return out
@@ -145,17 +155,17 @@ class CenterTargets(HeatmapTargets):
         """Returns ``{"map_size": (h, w), "heatmap": [C,h,w], "points": [M,2] long (x, y) integer centres,
         "size": [M,2], "offset": [M,2]}`` for the M kept objects."""
         h, w = self.map_size(image_size)
-        heat = torch.zeros(self.num_classes, h, w)
+        heat = torch.zeros(self.num_classes, h, w, device=CPU)
         if gt_boxes.numel() == 0:
-            z = torch.zeros(0, 2)
-            return {"map_size": (h, w), "heatmap": heat, "points": torch.zeros(0, 2, dtype=torch.long), "size": z,
-                    "offset": z.clone()}
-        boxes = gt_boxes.detach().float().cpu() / self.stride
+            z = torch.zeros(0, 2, device=CPU)
+            return {"map_size": (h, w), "heatmap": heat, "points": torch.zeros(0, 2, dtype=torch.long, device=CPU),
+                    "size": z, "offset": z.clone()}
+        boxes = gt_boxes.detach().to(CPU, torch.float32) / self.stride
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
         bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (bw > 0) & (bh > 0)
-        boxes, bw, bh, classes = boxes[keep], bw[keep], bh[keep], gt_classes.cpu()[keep]
+        boxes, bw, bh, classes = boxes[keep], bw[keep], bh[keep], gt_classes.to(CPU)[keep]
         ctr = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], dim=1)
         ctr_int = ctr.floor()
         for i in range(len(boxes)):
@@ -169,13 +179,15 @@ class CenterTargets(HeatmapTargets):
 
     def collate(self, targets, map_size, device=None):
         """Per-image targets → ``{"heatmap": [B,C,H,W], "index": [M] flat H·W, "batch": [M] image of each object,
-        "size": [M,2], "offset": [M,2]}`` on a ``map_size`` (H, W) map."""
+        "size": [M,2], "offset": [M,2]}`` on a ``map_size`` (H, W) map, all on ``device`` (None: the CPU).
+        Assembled on the CPU (per-image targets on any device are read there)."""
         W = int(map_size[1])
-        heat = torch.stack([_pad_to(t["heatmap"], tuple(int(s) for s in map_size)) for t in targets])
-        index = torch.cat([t["points"][:, 1] * W + t["points"][:, 0] for t in targets])
-        batch = torch.cat([torch.full((len(t["points"]),), i, dtype=torch.long) for i, t in enumerate(targets)])
+        heat = torch.stack([_pad_to(t["heatmap"].to(CPU), tuple(int(s) for s in map_size)) for t in targets])
+        points = [t["points"].to(CPU) for t in targets]
+        index = torch.cat([p[:, 1] * W + p[:, 0] for p in points])
+        batch = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=CPU) for i, p in enumerate(points)])
         return {
             "heatmap": heat.to(device), "index": index.to(device), "batch": batch.to(device),
-            "size": torch.cat([t["size"] for t in targets]).to(device),
-            "offset": torch.cat([t["offset"] for t in targets]).to(device),
+            "size": torch.cat([t["size"].to(CPU) for t in targets]).to(device),
+            "offset": torch.cat([t["offset"].to(CPU) for t in targets]).to(device),
         }

@@ -51,8 +51,9 @@ def crop_grid(centres, half, image_hw, size, cos=None, sin=None):
         grid = _rotate(grid, cos, sin)
     points = centres[:, None, :] + grid * half[:, None, None]
     h, w = image_hw
-    scale = torch.stack([2.0 / torch.as_tensor(w, dtype=centres.dtype), 2.0 / torch.as_tensor(h, dtype=centres.dtype)])
-    return (points * scale.to(centres.device) - 1).reshape(-1, size, size, 2)
+    w = torch.as_tensor(w, dtype=centres.dtype, device=centres.device)
+    h = torch.as_tensor(h, dtype=centres.dtype, device=centres.device)
+    return (points * torch.stack([2.0 / w, 2.0 / h]) - 1).reshape(-1, size, size, 2)
 
 
 def image_to_crop(points, centres, half, cos=None, sin=None):

@@ -22,9 +22,8 @@ def heatmap_targets(points, size, sigma, kind="gaussian"):
     n, k = points.shape[:2]
     pix = (points[..., :2] + 1) * (size / 2) - 0.5
     visible = points[..., 2] > 0
-    maps = landmark_heatmaps(pix.reshape(-1, 2).cpu(), (size, size), sigma, kind=kind,
-                             visible=visible.reshape(-1).cpu())
-    return maps.reshape(n, k, size, size).to(points.device)
+    maps = landmark_heatmaps(pix.reshape(-1, 2), (size, size), sigma, kind=kind, visible=visible.reshape(-1))
+    return maps.reshape(n, k, size, size)
 
 
 class CropTargets:

@@ -8,6 +8,8 @@ Inference: 3×3 max-pool peaks, top-K, box = centre + offset ± size/2 — no bo
 The parts live in ``segx.modeling.keypoints`` (heads, ``CenterTargets``, ``centernet_losses``,
 ``centernet_decode``); targets are built by ``segx.data.mappers.CenterNetMapper`` in the loader workers.
 """
+import logging
+
 import torch
 
 from detectron2.config import configurable
@@ -23,8 +25,30 @@ from segx.modeling.keypoints import (
     centernet_losses,
 )
 from segx.modeling.meta_arch.base import SegxMetaArch
+from segx.modeling.postprocessing import rescale_instances
 
-__all__ = ["CenterNet"]
+__all__ = ["CenterNet", "unletterbox_instances"]
+
+logger = logging.getLogger(__name__)
+
+
+def unletterbox_instances(instances, letterbox, height, width):
+    """``Instances`` at the letterboxed network input → the original image (``height`` × ``width``): every box
+    corner through the inverse letterbox affine, x = (x' − W/2)·s/W + cx, y = (y' − H/2)·s/W + cy (``letterbox``:
+    the mapper's record ``{"center": (cx, cy), "scale": s, "size": (H, W)}``). Not clipped, nothing dropped:
+    the official ``ctdet_post_process`` (``transform_preds``) neither clips nor filters."""
+    cx, cy = (float(v) for v in letterbox["center"])
+    h, w = (float(v) for v in letterbox["size"])
+    ratio = float(letterbox["scale"]) / w
+    out = Instances((int(height), int(width)))
+    for name, value in instances.get_fields().items():
+        if name == "pred_boxes":
+            b = value.tensor
+            x = (b[:, 0::2] - w / 2) * ratio + cx
+            y = (b[:, 1::2] - h / 2) * ratio + cy
+            value = Boxes(torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1))
+        out.set(name, value)
+    return out
 
 
 @META_ARCH_REGISTRY.register()
@@ -40,12 +64,15 @@ class CenterNet(SegxMetaArch):
     def __init__(self, *, backbone, num_classes, pixel_mean, pixel_std, in_features=("deconv",), head_channels=64,
                  heatmap_bias_init=-2.19, gaussian_radius_variant="original", gaussian_min_overlap=0.7,
                  heatmap_loss_weight=1.0, size_loss_weight=0.1, offset_loss_weight=1.0, focal_alpha=2.0,
-                 focal_beta=4.0, nms_kernel=3, detections_per_image=100, score_thresh_test=0.0, input_format=None):
+                 focal_beta=4.0, nms_kernel=3, detections_per_image=100, score_thresh_test=0.0, test_input="letterbox",
+                 input_format=None):
         """
         Args:
             backbone: its ``in_features`` outputs share one stride and channel count (several: one set of heads
                 per map, losses averaged over them, the last decoded).
             num_classes: heatmap channels. head_channels: the heads' 3×3 conv width (0: one 1×1 conv).
+            test_input: "letterbox" or "resize" (what the test mapper gives; the model maps the boxes of any input
+                that carries a "letterbox" record back by its inverse, and rescales the others).
             Other arguments: ``segx/config/centernet.py`` (same names).
         """
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
@@ -77,6 +104,11 @@ class CenterNet(SegxMetaArch):
         )
         self.nms_kernel, self.detections_per_image = nms_kernel, detections_per_image
         self.score_thresh_test = score_thresh_test
+        if test_input not in ("letterbox", "resize"):
+            raise ValueError(f"CenterNet: test_input (MODEL.CENTERNET.TEST_INPUT) must be 'letterbox' or 'resize', "
+                             f"got {test_input!r}")
+        self.test_input = test_input
+        self._warned_no_letterbox = False
         self.target_builder = CenterTargets(
             num_classes, self.stride, self.size_divisibility, min_overlap=gaussian_min_overlap,
             radius_variant=gaussian_radius_variant,
@@ -101,6 +133,7 @@ class CenterNet(SegxMetaArch):
             "nms_kernel": c.NMS_KERNEL,
             "detections_per_image": c.DETECTIONS_PER_IMAGE,
             "score_thresh_test": c.SCORE_THRESH_TEST,
+            "test_input": c.TEST_INPUT,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -149,3 +182,24 @@ class CenterNet(SegxMetaArch):
             inst.pred_classes = classes[i][keep]
             results.append(inst)
         return results
+
+    def postprocess(self, results, batched_inputs, images):
+        """detectron2's output format at each input's ``height`` × ``width``: inputs with the test mapper's
+        ``"letterbox"`` record through the inverse letterbox (``unletterbox_instances``: official, no clipping),
+        the others rescaled and clipped (``detector_postprocess``)."""
+        processed = []
+        for inst, x, size in zip(results, batched_inputs, images.image_sizes):
+            letterbox = x.get("letterbox")
+            if letterbox is None:
+                if self.test_input == "letterbox" and not self._warned_no_letterbox:
+                    self._warned_no_letterbox = True
+                    logger.warning(
+                        "CenterNet: MODEL.CENTERNET.TEST_INPUT is 'letterbox' but an input has no 'letterbox' record "
+                        "(not from CenterNetMapper: DefaultPredictor or a hand-made input); it is used as given "
+                        "and its boxes are rescaled to height x width, not the official test input"
+                    )
+                processed += rescale_instances([inst], [x], [size])
+            else:
+                processed.append({"instances": unletterbox_instances(
+                    inst, letterbox, x.get("height", size[0]), x.get("width", size[1]))})
+        return processed

@@ -15,6 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 
 from segx.modeling.meta_arch.base import SegxMetaArch
 from segx.modeling.retinaface import (
+    NMS_MODES,
     SSH,
     RetinaFaceFPN,
     RetinaFacePriors,
@@ -23,7 +24,9 @@ from segx.modeling.retinaface import (
     label_priors,
     level_heads,
     multibox_losses,
+    rescale_faces,
 )
+from segx.modeling.ssd_coding import DEFAULT_SCALE_CLAMP
 
 __all__ = ["RetinaFace"]
 
@@ -43,7 +46,8 @@ class RetinaFace(SegxMetaArch):
                  min_sizes=((16, 32), (64, 128), (256, 512)), steps=(8, 16, 32), clip_priors=False,
                  variances=(0.1, 0.2), num_landmarks=5, match_iou=0.35, min_force_iou=0.2, neg_pos_ratio=7,
                  box_loss_weight=2.0, cls_loss_weight=1.0, landmark_loss_weight=1.0, score_thresh=0.02,
-                 topk_candidates=5000, nms_thresh=0.4, max_detections=750, pixel_mean, pixel_std, input_format="BGR"):
+                 topk_candidates=5000, nms_thresh=0.4, max_detections=750, nms_mode="official", clip_boxes=False,
+                 scale_clamp=DEFAULT_SCALE_CLAMP, pixel_mean, pixel_std, input_format="BGR"):
         """
         Args:
             backbone: a detectron2 ``Backbone`` with ``in_features`` (3 levels, finest first) at ``steps``.
@@ -53,12 +57,19 @@ class RetinaFace(SegxMetaArch):
             match_iou, min_force_iou, neg_pos_ratio: matching and hard negatives (``label_priors``).
             box_loss_weight, cls_loss_weight, landmark_loss_weight: loss = Σ weight · loss.
             score_thresh, topk_candidates, nms_thresh, max_detections: inference (``face_detections``).
+            nms_mode: "official" (IoU with the +1-pixel convention of the official ``py_cpu_nms``) or "torchvision"
+                (continuous IoU); see ``segx.modeling.retinaface.face_nms``.
+            clip_boxes: clip the output boxes to the image and drop empty ones (detectron2's
+                ``detector_postprocess``); the official test code does not (False).
+            scale_clamp: largest log(decoded box side / prior side), so no box is infinite (None: no clamp).
         """
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
         if len(in_features) != 3 or len(min_sizes) != 3 or len(steps) != 3:
             raise ValueError(
                 f"RetinaFace: needs 3 levels, got in_features={in_features}, min_sizes={min_sizes}, steps={steps}"
             )
+        if nms_mode not in NMS_MODES:
+            raise ValueError(f"RetinaFace: nms_mode must be one of {NMS_MODES}, got {nms_mode!r}")
         anchors = {len(s) for s in min_sizes}
         if len(anchors) != 1:
             raise ValueError(f"RetinaFace: every level needs the same number of priors, got min_sizes={min_sizes}")
@@ -87,7 +98,9 @@ class RetinaFace(SegxMetaArch):
         self.loss_weights = {"loss_cls": cls_loss_weight, "loss_box_reg": box_loss_weight,
                              "loss_landmark": landmark_loss_weight}
         self.test_limits = {"score_thresh": score_thresh, "topk_candidates": topk_candidates, "nms_thresh": nms_thresh,
-                            "max_detections": max_detections}
+                            "max_detections": max_detections, "nms_mode": nms_mode}
+        self.scale_clamp = scale_clamp
+        self.clip_boxes = clip_boxes
 
     @classmethod
     def from_config(cls, cfg):
@@ -113,6 +126,9 @@ class RetinaFace(SegxMetaArch):
             "topk_candidates": c.TOPK_CANDIDATES_TEST,
             "nms_thresh": c.NMS_THRESH_TEST,
             "max_detections": c.DETECTIONS_PER_IMAGE,
+            "nms_mode": c.NMS_MODE,
+            "clip_boxes": c.CLIP_BOXES_TEST,
+            "scale_clamp": c.SCALE_CLAMP if c.SCALE_CLAMP >= 0 else None,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
@@ -149,4 +165,10 @@ class RetinaFace(SegxMetaArch):
     def decode(self, predictions, images, batched_inputs):
         """``Instances`` per image at the network input's resolution (top-k, threshold, NMS; traceable)."""
         return decode_faces(predictions["logits"], predictions["box_deltas"], predictions["landmark_deltas"],
-                            predictions["priors"], images.image_sizes, variances=self.variances, **self.test_limits)
+                            predictions["priors"], images.image_sizes, variances=self.variances,
+                            scale_clamp=self.scale_clamp, **self.test_limits)
+
+    def postprocess(self, results, batched_inputs, images):
+        """``[{"instances": ...}]`` rescaled to each input's height × width; boxes clipped to the image only with
+        ``clip_boxes`` (the official test code keeps them as decoded)."""
+        return rescale_faces(results, batched_inputs, images.image_sizes, clip_boxes=self.clip_boxes)

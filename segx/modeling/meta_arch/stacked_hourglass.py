@@ -23,6 +23,7 @@ from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 
 from segx.modeling.landmarks import (
+    DECODINGS,
     HEATMAP_KINDS,
     CropTargets,
     RegressionHead,
@@ -33,6 +34,7 @@ from segx.modeling.landmarks import (
     person_boxes,
     sample_crops,
     square_crops,
+    truncate_coordinates,
     zero_loss,
 )
 from segx.modeling.meta_arch.base import SegxMetaArch
@@ -50,7 +52,7 @@ class StackedHourglass(SegxMetaArch):
     def __init__(self, *, backbone, num_keypoints, input_size, pixel_mean, pixel_std, head="heatmap",
                  regression_heads=None, heatmap_kind="gaussian", sigma=1.0, loss_weight=1.0, regression_loss="l1",
                  use_target_weight=True, box_padding=1.25, aug_scale=0.0, aug_rotation=0.0, aug_rotation_prob=0.0,
-                 input_format=None):
+                 decoding="official", truncate_coords=False, input_format=None):
         """
         Args:
             backbone: a ``StackedHourglassNet`` (heatmap heads for ``head="heatmap"``, none for "regression").
@@ -62,12 +64,18 @@ class StackedHourglass(SegxMetaArch):
             use_target_weight: unannotated landmarks (visibility 0) do not count in the heatmap loss.
             box_padding: crop side = longer box side × this.
             aug_scale, aug_rotation (degrees), aug_rotation_prob: training jitter of the crop.
+            decoding: heatmap decoding, "official" (pytorch_stacked_hourglass) or "segx" (see
+                ``segx.modeling.landmarks.DECODINGS``).
+            truncate_coords: truncate the final image coordinates to integer pixels as the official MPII
+                post-processing does (``segx.modeling.landmarks.truncate_coordinates``).
         """
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
         if head not in HEADS:
             raise ValueError(f"StackedHourglass: head must be one of {HEADS}, got {head!r}")
         if heatmap_kind not in HEATMAP_KINDS:
             raise ValueError(f"StackedHourglass: heatmap_kind must be 'gaussian' or 'cauchy', got {heatmap_kind!r}")
+        if decoding not in DECODINGS:
+            raise ValueError(f"StackedHourglass: decoding must be one of {DECODINGS}, got {decoding!r}")
         if regression_loss not in ("l1", "l2"):
             raise ValueError(f"StackedHourglass: regression_loss must be 'l1' or 'l2', got {regression_loss!r}")
         stride = 4 * 2 ** backbone.depth
@@ -88,6 +96,8 @@ class StackedHourglass(SegxMetaArch):
         self.regression_loss = regression_loss
         self.use_target_weight = use_target_weight
         self.box_padding = box_padding
+        self.decoding = decoding
+        self.truncate_coords = truncate_coords
         self.crop_targets = CropTargets(
             num_keypoints=num_keypoints, input_size=input_size, box_padding=box_padding, heatmaps=head == "heatmap",
             heatmap_kind=heatmap_kind, sigma=sigma, aug_scale=aug_scale, aug_rotation=aug_rotation,
@@ -120,6 +130,8 @@ class StackedHourglass(SegxMetaArch):
             "aug_scale": c.AUG_SCALE,
             "aug_rotation": c.AUG_ROTATION,
             "aug_rotation_prob": c.AUG_ROTATION_PROB,
+            "decoding": c.DECODING,
+            "truncate_coords": c.TRUNCATE_COORDS_TEST,
             "input_format": cfg.INPUT.FORMAT,
         }
 
@@ -178,7 +190,7 @@ class StackedHourglass(SegxMetaArch):
         crops = predictions["crops"]
         if self.head == "heatmap":
             points, scores = decode_crop_landmarks(predictions["heatmaps"][-1], crops["centres"], crops["half"],
-                                                   self.heatmap_size)
+                                                   self.heatmap_size, decoding=self.decoding)
         else:
             points, scores = decode_crop_landmarks(predictions["coords"][-1], crops["centres"], crops["half"])
         counts = crops["counts"]
@@ -186,6 +198,16 @@ class StackedHourglass(SegxMetaArch):
             landmark_instances(images.image_sizes[i], b, p, s)
             for i, (b, p, s) in enumerate(zip(crops["boxes"].split(counts), points.split(counts), scores.split(counts)))
         ]
+
+    def postprocess(self, results, batched_inputs, images):
+        """``[{"instances": ...}]`` rescaled to each input's height × width; with ``truncate_coords`` the landmark
+        coordinates are then truncated to integer pixels (the official MPII post-processing)."""
+        processed = super().postprocess(results, batched_inputs, images)
+        if self.truncate_coords:
+            for r in processed:
+                kpts = r["instances"].pred_keypoints
+                r["instances"].pred_keypoints = torch.cat([truncate_coordinates(kpts[..., :2]), kpts[..., 2:]], dim=-1)
+        return processed
 
     # ------------------------------------------------------------------------------------------------ crops
     def _training_crops(self, images, batched_inputs):

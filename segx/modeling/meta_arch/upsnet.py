@@ -28,9 +28,11 @@ from detectron2.structures import ImageList, Instances
 
 from segx.modeling.meta_arch.base import SegxMetaArch
 from segx.modeling.panoptic import (
-    gt_bitmasks, mask_removal_keep, merge_panoptic_logits, paste_mask_logits, sample_kept_instances,
-    select_panoptic_instances, semantic_roi_loss, thing_semantic_targets, upsnet_panoptic_logits, upsnet_panoptic_loss,
+    gt_bitmasks, mask_removal_keep, merge_panoptic_logits, panoptic_frame_boxes, paste_mask_logits,
+    paste_mask_logits_official, sample_kept_instances, select_panoptic_instances, semantic_roi_loss,
+    thing_semantic_targets, upsnet_panoptic_logits, upsnet_panoptic_loss,
 )
+from segx.modeling.panoptic.panoptic_head import check_panoptic_head_mode
 from segx.modeling.roi_heads import SinglePassROIHeads
 
 __all__ = ["UPSNet"]
@@ -46,7 +48,8 @@ class UPSNet(SegxMetaArch):
     def __init__(self, *, backbone, proposal_generator, roi_heads, sem_seg_head, num_stuff, pixel_mean, pixel_std,
                  sem_roi_loss_weight=0.2, sem_roi_size=28, panoptic_loss_weight=0.1, box_keep_fraction=0.7,
                  panoptic_nms_thresh_test=0.5, panoptic_score_thresh_test=0.6, panoptic_topk_test=100,
-                 mask_removal_thresh_test=0.3, stuff_area_limit=4096, ignore_value=255):
+                 mask_removal_thresh_test=0.3, stuff_area_limit=4096, ignore_value=255,
+                 panoptic_head_mode="official"):
         """
         Args:
             roi_heads: a ``SinglePassROIHeads`` with the mask head.
@@ -58,6 +61,8 @@ class UPSNet(SegxMetaArch):
             panoptic_*_test: selection of the instances entering the panoptic head at inference.
             mask_removal_thresh_test: an instance more than this fraction under better kept ones is removed.
             stuff_area_limit: stuff segments under this many pixels (output resolution) become unlabelled.
+            panoptic_head_mode: ``"official"`` (uber-research/UPSNet's box placement and unknown channel) or
+                ``"segx"`` (pixel-centre boxes, ``grid_sample`` paste); ``segx.modeling.panoptic.panoptic_head``.
         """
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std)
         if not isinstance(roi_heads, SinglePassROIHeads) or not roi_heads.mask_on:
@@ -81,6 +86,7 @@ class UPSNet(SegxMetaArch):
         self.mask_removal_thresh_test = mask_removal_thresh_test
         self.stuff_area_limit = stuff_area_limit
         self.ignore_value = ignore_value
+        self.panoptic_head_mode = check_panoptic_head_mode(panoptic_head_mode)
 
     @classmethod
     def from_config(cls, cfg):
@@ -106,6 +112,7 @@ class UPSNet(SegxMetaArch):
             "mask_removal_thresh_test": u.MASK_REMOVAL_THRESH_TEST,
             "stuff_area_limit": u.STUFF_AREA_LIMIT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "panoptic_head_mode": u.PANOPTIC_HEAD_MODE,
         }
 
     def check_training_inputs(self, batched_inputs):
@@ -163,23 +170,28 @@ class UPSNet(SegxMetaArch):
             mask_logits = sem_logits.new_zeros((0, self.sem_roi_size, self.sem_roi_size))
         losses["loss_panoptic"] = self.panoptic_loss_weight * upsnet_panoptic_loss(
             sem_logits, mask_logits, [b.tensor for b in kept_boxes], kept_classes, gt_sem, masks, keeps,
-            self.num_stuff, stride, self.with_unknown, self.ignore_value)
+            self.num_stuff, stride, self.with_unknown, self.ignore_value, self.panoptic_head_mode)
         return losses
 
     def decode(self, predictions, images, batched_inputs):
         """Per image ``{"instances", "panoptic_instances": Instances(pred_boxes, scores, pred_classes),
         "panoptic_logits": [S + N (+1), h, w]}`` at the input resolution (traceable): mask removal, then the
-        panoptic logits whose argmax the merge takes."""
+        panoptic logits whose argmax the merge takes (boxes placed as ``panoptic_head_mode`` says, the mask removal
+        on the same pasted masks)."""
         sem_up = F.interpolate(predictions["sem_seg_logits"], size=images.tensor.shape[-2:], mode="bilinear",
                                align_corners=False)
         results = []
         for b, image_size in enumerate(images.image_sizes):
             h, w = image_size
             sel = predictions["panoptic_instances"][b]
-            pasted = paste_mask_logits(sel.pred_mask_logits, sel.pred_boxes.tensor, h, w)
-            sel = sel[mask_removal_keep(pasted > 0, self.mask_removal_thresh_test)]
-            logits = upsnet_panoptic_logits(sem_up[b, :, :h, :w], self.num_stuff, sel.pred_mask_logits,
-                                            sel.pred_boxes.tensor, sel.pred_classes, self.with_unknown)
+            official = self.panoptic_head_mode == "official"  # official MaskRemoval: one occupancy map per class
+            paste = paste_mask_logits_official if official else paste_mask_logits
+            boxes = panoptic_frame_boxes(sel.pred_boxes.tensor, 1, self.panoptic_head_mode)
+            keep = mask_removal_keep(paste(sel.pred_mask_logits, boxes, h, w) > 0, self.mask_removal_thresh_test,
+                                     sel.pred_classes if official else None)
+            sel, boxes = sel[keep], boxes[keep]
+            logits = upsnet_panoptic_logits(sem_up[b, :, :h, :w], self.num_stuff, sel.pred_mask_logits, boxes,
+                                            sel.pred_classes, self.with_unknown, self.panoptic_head_mode)
             inst = Instances(image_size, pred_boxes=sel.pred_boxes, scores=sel.scores, pred_classes=sel.pred_classes)
             results.append({"instances": predictions["instances"][b], "panoptic_instances": inst,
                             "panoptic_logits": logits})

@@ -16,7 +16,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 
 from segx.modeling.meta_arch.base import SegxMetaArch
+from segx.modeling.ssd_coding import DEFAULT_SCALE_CLAMP
 from segx.modeling.yolact import (
+    BOX_OUTPUT_MODES,
     CROP_MODES,
     DEFAULT_LOSS_WEIGHTS,
     MaskIoUNet,
@@ -46,6 +48,10 @@ class YOLACT(SegxMetaArch):
             the first. proto_net, head, semantic_seg_conv (or None), maskiou_net (or None): the parts.
         priors: ``YolactPriors`` (its ``input_size`` is S). box_variances: SSD coding. pos_iou, neg_iou,
             crowd_iou: matching. loss_weights: by loss name. The ``test_*`` values: inference only.
+        rescore_box: YOLACT++ re-scores box scores too (one ``scores``); False (official): ``scores`` stay the
+            box scores and the re-scored ones are ``mask_scores``. box_output_mode: ``"official"`` integer boxes
+            (corners ordered, clamped, truncated) or ``"float"`` (clipped). box_scale_clamp: largest
+            log(decoded box size / anchor size) (detectron2's log(1000/16)); 0 or None: unbounded (official).
     """
 
     @configurable
@@ -53,11 +59,14 @@ class YOLACT(SegxMetaArch):
                  input_format=None, semantic_seg_conv=None, maskiou_net=None, box_variances=(0.1, 0.2), pos_iou=0.5,
                  neg_iou=0.4, crowd_iou=0.7, neg_pos_ratio=3, loss_weights=None, masks_to_train=100,
                  crop_mode="official", discard_mask_area=25, test_score_thresh=0.05, test_topk=200,
-                 test_nms_thresh=0.5, max_detections_per_image=100, test_mask_thresh=0.5):
+                 test_nms_thresh=0.5, max_detections_per_image=100, test_mask_thresh=0.5, rescore_box=False,
+                 box_output_mode="official", box_scale_clamp=DEFAULT_SCALE_CLAMP):
         super().__init__(pixel_mean=pixel_mean, pixel_std=pixel_std, input_format=input_format)
         check_in_features(backbone, in_features, priors)
         if crop_mode not in CROP_MODES:
             raise ValueError(f"YOLACT: CROP_MODE must be 'official' or 'center', got {crop_mode!r}")
+        if box_output_mode not in BOX_OUTPUT_MODES:
+            raise ValueError(f"YOLACT: BOX_OUTPUT_MODE must be one of {BOX_OUTPUT_MODES}, got {box_output_mode!r}")
         self.backbone, self.in_features = backbone, list(in_features)
         self.proto_net, self.head = proto_net, head
         self.semantic_seg_conv, self.maskiou_net = semantic_seg_conv, maskiou_net
@@ -68,12 +77,17 @@ class YOLACT(SegxMetaArch):
         self.masks_to_train, self.crop_mode, self.discard_mask_area = masks_to_train, crop_mode, discard_mask_area
         self.test_score_thresh, self.test_topk, self.test_nms_thresh = test_score_thresh, test_topk, test_nms_thresh
         self.max_detections_per_image, self.test_mask_thresh = max_detections_per_image, test_mask_thresh
+        self.rescore_box, self.box_output_mode = bool(rescore_box), box_output_mode
+        if box_scale_clamp is not None and box_scale_clamp < 0:
+            raise ValueError(f"YOLACT: BOX_SCALE_CLAMP must be >= 0 (0: no bound), got {box_scale_clamp}")
+        self.box_scale_clamp = box_scale_clamp if box_scale_clamp else None
 
     @classmethod
     def from_config(cls, cfg):
         y = cfg.MODEL.YOLACT
         backbone = build_backbone(cfg)
-        priors = YolactPriors(y.INPUT_SIZE, y.ANCHOR_SCALES, y.ANCHOR_RATIOS, y.SQUARE_ANCHORS)
+        priors = YolactPriors(y.INPUT_SIZE, y.ANCHOR_SCALES, y.ANCHOR_RATIOS, y.SQUARE_ANCHORS,
+                              scales_per_octave=y.ANCHOR_SCALES_PER_OCTAVE)
         channels = check_in_features(backbone, y.IN_FEATURES, priors)
         return {  # parts in the order they consume the random generator (as before the refactor)
             "backbone": backbone,
@@ -103,6 +117,9 @@ class YOLACT(SegxMetaArch):
             "test_nms_thresh": y.NMS_THRESH_TEST,
             "max_detections_per_image": y.DETECTIONS_PER_IMAGE,
             "test_mask_thresh": y.MASK_THRESH_TEST,
+            "rescore_box": y.RESCORE_BOX,
+            "box_output_mode": y.BOX_OUTPUT_MODE,
+            "box_scale_clamp": y.BOX_SCALE_CLAMP,
         }
 
     # ------------------------------------------------------------------------------------------------ steps
@@ -126,11 +143,15 @@ class YOLACT(SegxMetaArch):
 
     def predict(self, features, images):
         """``{"protos": [B,k,Hp,Wp]`` (ReLU), ``"box_deltas": [B,P,4]``, ``"logits": [B,P,C+1]``, ``"coeffs": [B,P,k]``,
-        ``"priors": [P,4]`` (cx, cy, w, h in input pixels), in training ``"sem_seg": [B,C,H3,W3]`` logits}."""
+        ``"priors": [P,4]`` (cx, cy, w, h in input pixels), in training ``"sem_seg": [B,C,H3,W3]`` logits, in
+        inference ``"priors_relative": [P,4]`` (the same anchors in fractions of the input, computed as the official
+        code does; ``decode`` works in these units)}."""
         feats = [features[f] for f in self.in_features]
         out = {"protos": F.relu(self.proto_net(feats[0])), **self.head(feats), "priors": self.priors(feats)}
         if self.training and self.semantic_seg_conv is not None:
             out["sem_seg"] = self.semantic_seg_conv(feats[0])
+        if not self.training:
+            out["priors_relative"] = self.priors(feats, relative=True)
         return out
 
     def match(self, gt_instances, image_sizes, priors, proto_size, segm_size=None):
@@ -155,13 +176,14 @@ class YOLACT(SegxMetaArch):
         dets = detect(predictions, input_size=self.input_size, box_variances=self.box_variances,
                       score_thresh=self.test_score_thresh, nms_thresh=self.test_nms_thresh, topk=self.test_topk,
                       max_detections=self.max_detections_per_image, crop_mode=self.crop_mode,
-                      maskiou_net=self.maskiou_net)
+                      maskiou_net=self.maskiou_net, rescore_box=self.rescore_box, scale_clamp=self.box_scale_clamp)
         return [detections_to_instances(d, x["image"].shape[-2], x["image"].shape[-1], self.input_size,
-                                        self.test_mask_thresh) for d, x in zip(dets, batched_inputs)]
+                                        self.test_mask_thresh, self.box_output_mode)
+                for d, x in zip(dets, batched_inputs)]
 
     def postprocess(self, results, batched_inputs, images):
         """``[{"instances": ...}]`` at each input's ``height`` × ``width``, masks upsampled once from prototypes."""
-        return rescale_results(results, batched_inputs, self.input_size, self.test_mask_thresh)
+        return rescale_results(results, batched_inputs, self.input_size, self.test_mask_thresh, self.box_output_mode)
 
 
 def check_in_features(backbone, in_features, priors):

@@ -9,12 +9,21 @@ Follows UPSNet (Xiong et al., CVPR 2019; uber-research/UPSNet). Conventions:
   ``1..S`` = stuff, ``ignore`` (255) = unlabelled. Stuff label ``l`` is semantic channel ``l - 1``.
 * Panoptic logits are ``[S + N (+ 1), H, W]``: stuff, one channel per instance, and the optional unknown
   channel last.
-* Boxes are ``x0, y0, x1, y1`` in pixels of the map they are used on; pixel (row i, col j) is inside when
-  ``x0 <= j + 0.5 < x1`` and ``y0 <= i + 0.5 < y1`` (the rule of ``segx.layers.assemble_masks``).
+* Boxes are ``x0, y0, x1, y1`` in pixels of the map they are used on. Where the panoptic head places them depends on
+  its mode (``MODEL.UPSNET.PANOPTIC_HEAD_MODE``, ``panoptic_head.py``): the official code's integer spans of
+  inclusive-convention boxes (default), or segx's pixel-centre rule ``x0 <= j + 0.5 < x1``, ``y0 <= i + 0.5 < y1``.
 """
 from segx.modeling.panoptic.losses import cross_entropy_with_ignore, semantic_roi_loss, upsnet_panoptic_loss
 from segx.modeling.panoptic.merge import mask_removal_keep, merge_panoptic_logits
-from segx.modeling.panoptic.panoptic_head import boxes_to_pixel_masks, paste_mask_logits, upsnet_panoptic_logits
+from segx.modeling.panoptic.panoptic_head import (
+    PANOPTIC_HEAD_MODES,
+    boxes_to_pixel_masks,
+    official_box_spans,
+    panoptic_frame_boxes,
+    paste_mask_logits,
+    paste_mask_logits_official,
+    upsnet_panoptic_logits,
+)
 from segx.modeling.panoptic.selection import select_panoptic_instances
 from segx.modeling.panoptic.semantic_head import UPSNetSemanticHead
 from segx.modeling.panoptic.targets import (
@@ -27,8 +36,12 @@ from segx.modeling.panoptic.targets import (
 
 __all__ = [
     "UPSNetSemanticHead",
+    "PANOPTIC_HEAD_MODES",
     "boxes_to_pixel_masks",
+    "official_box_spans",
+    "panoptic_frame_boxes",
     "paste_mask_logits",
+    "paste_mask_logits_official",
     "upsnet_panoptic_logits",
     "gt_bitmasks",
     "thing_semantic_targets",

@@ -3,7 +3,7 @@ pixel loss is ``UPSNetSemanticHead.losses``)."""
 import torch
 from torchvision.ops import roi_align
 
-from segx.modeling.panoptic.panoptic_head import upsnet_panoptic_logits
+from segx.modeling.panoptic.panoptic_head import panoptic_frame_boxes, upsnet_panoptic_logits
 from segx.modeling.panoptic.targets import sample_labels_in_boxes, upsnet_panoptic_targets
 
 __all__ = ["cross_entropy_with_ignore", "semantic_roi_loss", "upsnet_panoptic_loss"]
@@ -37,7 +37,7 @@ def semantic_roi_loss(sem_logits, sem_targets, gt_boxes, roi_size, stride, ignor
 
 
 def upsnet_panoptic_loss(sem_logits, mask_logits, boxes, classes, sem_labels, gt_masks, keeps, num_stuff, stride,
-                         with_unknown, ignore_value=255):
+                         with_unknown, ignore_value=255, mode="official"):
     """Mean over images of the cross-entropy of the panoptic logits built on the kept GT instances, at the
     semantic logits' stride (UPSNet's training of the panoptic head).
 
@@ -47,13 +47,15 @@ def upsnet_panoptic_loss(sem_logits, mask_logits, boxes, classes, sem_labels, gt
         boxes, classes: per image the kept instances' ``[Nk, 4]`` boxes (input pixels) and ``[Nk]`` classes.
         sem_labels: ``[B, H, W]`` separated labels at the padded input resolution.
         gt_masks: per image ``[N, H, W]`` bool masks of all GT instances; ``keeps``: per image ``[N]`` bool.
+        mode: the panoptic head's mode (``upsnet_panoptic_logits``); boxes go to the 1/stride frame through
+            ``panoptic_frame_boxes``.
     """
     losses, start = [], 0
     half = stride // 2
     for b in range(len(boxes)):
         n = len(classes[b])
-        logits = upsnet_panoptic_logits(sem_logits[b], num_stuff, mask_logits[start:start + n], boxes[b] / stride,
-                                        classes[b], with_unknown)
+        logits = upsnet_panoptic_logits(sem_logits[b], num_stuff, mask_logits[start:start + n],
+                                        panoptic_frame_boxes(boxes[b], stride, mode), classes[b], with_unknown, mode)
         start += n
         target = upsnet_panoptic_targets(sem_labels[b][half::stride, half::stride],
                                          gt_masks[b][:, half::stride, half::stride], keeps[b], num_stuff,

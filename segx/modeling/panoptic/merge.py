@@ -1,24 +1,39 @@
 """From panoptic logits to detectron2's ``panoptic_seg``: UPSNet's overlap-based mask removal and the merge."""
+from typing import Optional
+
 import torch
 
 __all__ = ["mask_removal_keep", "merge_panoptic_logits"]
 
 
 @torch.jit.script_if_tracing
-def mask_removal_keep(masks, fraction_threshold: float):
-    """``[N,H,W]`` bool masks sorted by decreasing score → ``[N]`` bool: a mask is removed when more than
-    ``fraction_threshold`` of its area lies on the masks kept before it (UPSNet's MaskRemoval)."""
+def mask_removal_keep(masks, fraction_threshold: float, classes: Optional[torch.Tensor] = None):
+    """``[N,H,W]`` bool masks sorted by decreasing score → ``[N]`` bool: a mask is removed when it is empty or more
+    than ``fraction_threshold`` of its area lies on the masks kept before it (UPSNet's MaskRemoval). With ``classes``
+    (``[N]``) only kept masks of the same class count, as in the official MaskRemoval (one occupancy map per class);
+    without, all kept masks count (segx mode). One loop over the masks (exports to ONNX): with ``classes`` they are
+    visited class by class, in score order within a class, and the occupancy map restarts at each new class."""
     n = masks.shape[0]
-    keep = torch.zeros(n, dtype=torch.bool, device=masks.device)
+    position = torch.arange(n, device=masks.device)
+    if classes is None:
+        order = position
+        new_class = torch.zeros(n, dtype=torch.bool, device=masks.device)
+    else:
+        order = torch.argsort(classes.to(torch.int64) * n + position)  # by class, then by score (unique keys)
+        c = classes[order]
+        new_class = torch.cat([torch.ones(1, dtype=torch.bool, device=masks.device), c[1:] != c[:-1]])
+    masks = masks[order]
+    kept = torch.zeros(n, dtype=torch.bool, device=masks.device)
     taken = torch.zeros(masks.shape[1:], dtype=torch.bool, device=masks.device)
     for i in range(n):
+        taken = taken & ~new_class[i]
         m = masks[i]
         area = m.sum()
         overlap = (m & taken).sum()
         ok = (area > 0) & (overlap.to(torch.float32) <= fraction_threshold * area.to(torch.float32))
-        keep[i] = ok
+        kept[i] = ok
         taken = taken | (m & ok)
-    return keep
+    return kept[torch.argsort(order)]  # back to the input order
 
 
 def merge_panoptic_logits(panoptic_logits, num_stuff, classes, scores, stuff_area_limit=0):

@@ -20,16 +20,18 @@ __all__ = [
 
 
 def gt_bitmasks(instances, height, width):
-    """GT masks of ``instances`` (polygons or bitmasks, or none) as ``[N, height, width]`` bool, padded with
-    False to the padded image size."""
+    """GT masks of ``instances`` (polygons or bitmasks, or none) as ``[N, height, width]`` bool on the device of
+    ``instances.gt_classes``, padded with False to the padded image size. (Polygons stay NumPy arrays when
+    ``Instances.to`` moves the rest: they are rasterised on the CPU and moved here.)"""
     n = len(instances)
+    device = instances.gt_classes.device
     if n == 0 or not instances.has("gt_masks"):
-        return torch.zeros((n, height, width), dtype=torch.bool, device=instances.gt_classes.device)
+        return torch.zeros((n, height, width), dtype=torch.bool, device=device)
     m = instances.gt_masks
     h, w = instances.image_size
     if isinstance(m, PolygonMasks):
         m = BitMasks.from_polygon_masks(m, h, w)
-    t = m.tensor.to(torch.bool)
+    t = m.tensor.to(device=device, dtype=torch.bool)
     return F.pad(t, (0, width - t.shape[2], 0, height - t.shape[1]))
 
 

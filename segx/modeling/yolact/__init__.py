@@ -9,7 +9,15 @@
 from .crop import CROP_MODES, crop_boxes
 from .fpn import YolactFPN, build_yolact_fpn_backbone
 from .head import YolactHead
-from .inference import detect, detections_to_instances, rescale_results, square_resize
+from .inference import (
+    BOX_OUTPUT_MODES,
+    detect,
+    detections_to_instances,
+    official_output_boxes,
+    rescale_results,
+    square_resize,
+    upsample_masks,
+)
 from .losses import (
     DEFAULT_LOSS_WEIGHTS,
     normalized_mask_loss,
@@ -19,7 +27,7 @@ from .losses import (
 )
 from .maskiou import MaskIoUNet
 from .matching import gt_mask_tensor, match_targets, resize_binary
-from .priors import YolactPriors, make_priors
+from .priors import YolactPriors, make_priors, octave_scales
 from .protonet import make_protonet
 
 __all__ = [
@@ -32,6 +40,9 @@ __all__ = [
     "detections_to_instances",
     "rescale_results",
     "square_resize",
+    "official_output_boxes",
+    "upsample_masks",
+    "BOX_OUTPUT_MODES",
     "DEFAULT_LOSS_WEIGHTS",
     "normalized_mask_loss",
     "ohem_classification_loss",
@@ -43,5 +54,6 @@ __all__ = [
     "resize_binary",
     "YolactPriors",
     "make_priors",
+    "octave_scales",
     "make_protonet",
 ]

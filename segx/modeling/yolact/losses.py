@@ -42,7 +42,10 @@ def normalized_mask_loss(pred_masks, gt_masks, boxes):
     Returns:
         ``[N]`` losses.
     """
-    bce = F.binary_cross_entropy(pred_masks.clamp(0, 1), gt_masks, reduction="none").sum(dim=(1, 2))
+    # in float32 with autocast off: CUDA autocast refuses binary_cross_entropy on probabilities (AMP training)
+    with torch.autocast(device_type=pred_masks.device.type, enabled=False):
+        bce = F.binary_cross_entropy(pred_masks.float().clamp(0, 1), gt_masks.float(), reduction="none")
+    bce = bce.sum(dim=(1, 2))
     # the area floor (1 prototype pixel²) only guards degenerate boxes; the official code has none
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1.0)
     return bce / area

@@ -10,8 +10,9 @@ from segx.modeling.ssd_coding import NEGATIVE, encode_boxes, match_priors
 __all__ = ["match_targets", "gt_mask_tensor", "resize_binary"]
 
 
-def gt_mask_tensor(instances, height, width, index):
-    """``instances.gt_masks`` (polygons, bit masks or a tensor) → ``[G,height,width]`` float in {0, 1}."""
+def gt_mask_tensor(instances, height, width, index, device=None):
+    """``instances.gt_masks`` (polygons, bit masks or a tensor) → ``[G,height,width]`` float in {0, 1} on
+    ``device`` (polygons are rasterised on the CPU, so without it they stay there)."""
     if not instances.has("gt_masks"):
         raise ValueError(f"YOLACT: image {index} has instances without 'gt_masks' (set MODEL.MASK_ON True so "
                          "detectron2's DatasetMapper keeps the masks)")
@@ -22,7 +23,7 @@ def gt_mask_tensor(instances, height, width, index):
         masks = masks.tensor
     if not torch.is_tensor(masks) or masks.dim() != 3:
         raise ValueError(f"YOLACT: image {index}: gt_masks must be PolygonMasks, BitMasks or a [G,H,W] tensor")
-    return masks.float()
+    return masks.to(device=device, dtype=torch.float32)
 
 
 def resize_binary(masks, size):
@@ -54,10 +55,12 @@ def match_targets(gt_instances, image_sizes, priors, proto_size, segm_size=None,
     matched_all, per_image = [], []
     for b, (inst, (h, w)) in enumerate(zip(gt_instances, image_sizes)):
         scale = torch.tensor([S / w, S / h, S / w, S / h], device=priors.device)
-        boxes = inst.gt_boxes.tensor * scale
-        classes = inst.gt_classes
-        masks = gt_mask_tensor(inst, h, w, b)
-        crowd = inst.gt_is_crowd.bool() if inst.has("gt_is_crowd") else torch.zeros_like(classes, dtype=torch.bool)
+        # every target tensor on the anchors' device (GT given on another device is moved, not mixed)
+        boxes = inst.gt_boxes.tensor.to(priors.device) * scale
+        classes = inst.gt_classes.to(priors.device)
+        masks = gt_mask_tensor(inst, h, w, b, device=priors.device)
+        crowd = inst.gt_is_crowd.to(priors.device).bool() if inst.has("gt_is_crowd") else \
+            torch.zeros_like(classes, dtype=torch.bool)
         boxes, crowd_boxes = boxes[~crowd], boxes[crowd]
         classes, masks = classes[~crowd], masks[~crowd]
         matched, _ = match_priors(boxes, priors, pos_iou, neg_iou, force="greedy", crowd_boxes=crowd_boxes,

@@ -36,8 +36,12 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES) $(EXT_FORCE)
 	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
 	touch $@
 
+DEMO_CONFIG := configs/MaskRCNN/demo_mask_rcnn_R_18_FPN.yaml
 demo: setup
-	$(PY) tools/demo.py --output output/demo
+	$(PY) tools/demo.py --config-file $(DEMO_CONFIG) --output output/demo
+	@echo "[segx demo] the user path: the trained model on new images (not in its training set)"
+	$(PY) tools/predict.py --config-file $(DEMO_CONFIG) --weights output/demo/train/model_final.pth \
+		--input output/demo/new_images --output output/demo/predict --json --scale 3 --score-threshold 0.3
 
 test: setup
 	$(PY) -m pytest -q tests

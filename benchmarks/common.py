@@ -7,24 +7,20 @@ import numpy as np
 import torch
 
 import segx  # noqa: F401
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, detection_utils
 from detectron2.engine import DefaultPredictor
 
-from segx.config import add_segx_config
+from segx.config import load_config
 from segx.data import SYNTHETIC_SPECS, ensure_builtin_dataset
 
-__all__ = ["predictor", "dataset_images", "random_images", "time_predictors", "print_table", "train_step_times"]
+__all__ = ["predictor", "dataset_images", "random_images", "time_predictors", "print_table", "train_step_times",
+           "compare_with_faster_rcnn"]
 
 
 def predictor(config, weights="", opts=(), test_size=None):
     """detectron2 ``DefaultPredictor`` (resize + model + postprocess, batch 1) on the CPU for a config file;
     random init when ``weights`` is empty. ``test_size`` overrides the test resize (shortest edge)."""
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(config, opts, device="cpu", who="benchmark")
     cfg.MODEL.WEIGHTS = weights or ""
     if test_size:
         cfg.INPUT.MIN_SIZE_TEST = test_size
@@ -81,9 +77,10 @@ def print_table(values, unit, reference, header=None):
         print(f"| {k} | {v:.2f} | {v / values[reference]:.2f} |")
 
 
-def train_step_times(cfgs, iters, batch):
+def train_step_times(cfgs, iters, batch, mapper=None):
     """Median seconds per training step (forward + backward + SGD step) of each model built from ``cfgs``
-    (name → cfg), all on the same ``batch``-image batches of the first cfg's training set, step by step."""
+    (name → cfg), all on the same ``batch``-image batches of the first cfg's training set, step by step.
+    ``mapper``: a callable cfg → dataset mapper for those batches (default: detectron2's)."""
     from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model
     from detectron2.solver import build_optimizer
@@ -93,7 +90,7 @@ def train_step_times(cfgs, iters, batch):
     cfg0.defrost()
     cfg0.SOLVER.IMS_PER_BATCH = batch
     cfg0.DATALOADER.NUM_WORKERS = 0
-    loader = iter(build_detection_train_loader(cfg0))
+    loader = iter(build_detection_train_loader(cfg0, mapper=mapper(cfg0) if mapper is not None else None))
     batches = [next(loader) for _ in range(iters + 2)]
     models = {k: build_model(c).train() for k, c in cfgs.items()}
     optims = {k: build_optimizer(c, models[k]) for k, c in cfgs.items()}
@@ -109,3 +106,41 @@ def train_step_times(cfgs, iters, batch):
                 if i >= 2:
                     times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare_with_faster_rcnn(argv, doc, name, flag, config, faster_config, dataset, num_images, mapper=None):
+    """The command line of a "``name`` vs the same detector without its branch (Faster R-CNN)" benchmark:
+    ``--<flag>-config`` / ``--<flag>`` (weights; default random init), ``--faster-config`` / ``--faster``,
+    ``--dataset``, ``--num-images``, ``--threads``, ``--train-iters`` (also time training steps; the batches come
+    from ``name``'s config, through ``mapper``, a callable cfg → mapper, default detectron2's) and ``--train-batch``.
+    Prints the inference table (and the training one) with the ratio to Faster R-CNN; returns the inference
+    medians."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(f"--{flag}-config", default=config)
+    p.add_argument("--faster-config", default=faster_config)
+    p.add_argument(f"--{flag}", default="", help=f"{name} weights (default: random init)")
+    p.add_argument("--faster", default="", help="Faster R-CNN weights (default: random init)")
+    p.add_argument("--dataset", default=dataset)
+    p.add_argument("--num-images", type=int, default=num_images)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--train-iters", type=int, default=0, help="also time this many training steps per model")
+    p.add_argument("--train-batch", type=int, default=8)
+    args = vars(p.parse_args(argv))
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    models = {"Faster R-CNN": predictor(args["faster_config"], args["faster"]),
+              name: predictor(args[f"{flag}_config"], args[flag])}
+    images = dataset_images(args["dataset"], args["num_images"])
+    med, dets = time_predictors(models, images)
+    header = (f"{len(images)} images of {args['dataset']}, batch 1, CPU, {torch.get_num_threads()} threads; "
+              "detections per image: " + ", ".join(f"{k} {v:.1f}" for k, v in dets.items() if v is not None))
+    print_table(med, "median ms / image", "Faster R-CNN", header)
+    if args["train_iters"]:
+        # name's config first: its training set and annotations (a superset of what Faster R-CNN reads)
+        cfgs = {name: models[name].cfg, "Faster R-CNN": models["Faster R-CNN"].cfg}
+        train = train_step_times(cfgs, args["train_iters"], args["train_batch"], mapper=mapper)
+        header = f"\ntraining step, batch {args['train_batch']}, {args['train_iters']} steps each (after 2 warm-up)"
+        print_table({k: train[k] for k in ("Faster R-CNN", name)}, "median s / iteration", "Faster R-CNN", header)
+    return med

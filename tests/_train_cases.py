@@ -31,6 +31,8 @@ TRAIN_CASES = {
     "hourglass_regression": ("hourglass", HOURGLASS_REGRESSION, FIGURES),
     "retinaface": ("retinaface", None, OPEN["retinaface"]),
     "upsnet": ("upsnet", None, OPEN["upsnet"]),
+    "vpsnet": ("vpsnet", None, dict(OPEN["upsnet"], **{"MODEL.VPSNET.TRAIN_STAGE": "video"})),  # pairs + track loss
+    "densepose": ("densepose", None, {"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0}),
 }
 
 

@@ -61,6 +61,19 @@ TINY = {
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, "INPUT.MIN_SIZE_TRAIN": (96,), "INPUT.MIN_SIZE_TEST": 96,
         "INPUT.RANDOM_FLIP": "none", "MODEL.RPN.POST_NMS_TOPK_TEST": 50, "MODEL.UPSNET.PANOPTIC_TOPK_TEST": 10,
         "TEST.DETECTIONS_PER_IMAGE": 10}),
+    "densepose": ("configs/DensePose/densepose_rcnn_R_18_FPN_synthetic.yaml", {
+        "SOLVER.IMS_PER_BATCH": 4, "SOLVER.WARMUP_ITERS": 5, "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.ROI_BOX_HEAD.FC_DIM": 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32,
+        "MODEL.ROI_DENSEPOSE_HEAD.NUM_CONVS": 2, "MODEL.ROI_DENSEPOSE_HEAD.HEAD_CHANNELS": 32,
+        "MODEL.ROI_DENSEPOSE_HEAD.POOLER_RESOLUTION": 7, "MODEL.ROI_DENSEPOSE_HEAD.OUTPUT_SIZE": 28,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": 50, "TEST.DETECTIONS_PER_IMAGE": 10}),
+    "vpsnet": ("configs/VPSNet/vpsnet_R_18_FPN_shapes.yaml", {
+        "SOLVER.IMS_PER_BATCH": 2, "SOLVER.WARMUP_ITERS": 5, "MODEL.FPN.OUT_CHANNELS": 32,
+        "MODEL.ROI_BOX_HEAD.FC_DIM": 64, "MODEL.ROI_MASK_HEAD.CONV_DIM": 32, "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 32, "INPUT.MIN_SIZE_TRAIN": (96,), "INPUT.MIN_SIZE_TEST": 96,
+        "INPUT.RANDOM_FLIP": "none", "MODEL.RPN.POST_NMS_TOPK_TEST": 50, "MODEL.UPSNET.PANOPTIC_TOPK_TEST": 10,
+        "TEST.DETECTIONS_PER_IMAGE": 10, "MODEL.VPSNET.FLOW.ENCODE_CHANNELS": [8, 8, 16, 16, 16],
+        "MODEL.VPSNET.FUSE.SEARCH_RANGE": 2, "MODEL.VPSNET.TRACK.FC_DIM": 32}),
 }
 
 
@@ -105,3 +118,25 @@ def make_tiny_cfg():
 def small_rcnn_cfg(config="configs/MaskRCNN/mask_rcnn_R_18_FPN_scratch.yaml", output_dir=None, **overrides):
     """A config for fast CPU tests: the R-18 baseline with a short schedule (``TINY["mask_rcnn"]``)."""
     return tiny_cfg("mask_rcnn", config=config, output_dir=output_dir, **overrides)
+
+
+_dataset_counter = [0]
+
+
+def unique_dataset_name(prefix):
+    """A dataset name no other test uses: ``_test_<prefix>_<n>`` (register it, append it to ``cleanup``)."""
+    _dataset_counter[0] += 1
+    return f"_test_{prefix}_{_dataset_counter[0]}"
+
+
+@pytest.fixture
+def cleanup():
+    """A list the test appends the dataset names it registers to; they leave both catalogs afterwards."""
+    names = []
+    yield names
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for n in names:
+        if n in DatasetCatalog.list():
+            DatasetCatalog.remove(n)
+        MetadataCatalog.remove(n)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
 from segx.checkpoint import CheckedDetectionCheckpointer, CorruptCheckpointError
 from segx.data import DatasetValidationError, register_coco_dataset, validate_coco_json
@@ -20,24 +20,9 @@ from segx.data.datasets.faces import register_wider_face_retinaface
 from segx.data.mappers import MAPPER_REGISTRY, build_mapper
 from segx.data.mappers.base import BadImageError, with_bad_image_guard
 
-from conftest import TINY, tiny_cfg
+from conftest import TINY, tiny_cfg, unique_dataset_name
 
-_n = [0]
-
-
-def _unique(prefix):
-    _n[0] += 1
-    return f"_test_bad_{prefix}_{_n[0]}"
-
-
-@pytest.fixture
-def cleanup():
-    names = []
-    yield names
-    for n in names:
-        if n in DatasetCatalog.list():
-            DatasetCatalog.remove(n)
-        MetadataCatalog.remove(n)
+_unique = unique_dataset_name  # conftest's fixture `cleanup` removes what a test registers
 
 
 def _noise(w=40, h=30, seed=0):

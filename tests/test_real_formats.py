@@ -15,28 +15,14 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from conftest import unique_dataset_name
 from segx.data import DatasetValidationError, register_coco_dataset
 from segx.data.datasets.faces import load_face_keypoints_coco, load_wider_face_retinaface, register_face_keypoints_coco
 from segx.data.datasets.keypoints import register_coco_keypoints
 from segx.evaluation.face import FaceEvaluator, inter_ocular_indices
 from segx.evaluation.pck import PCKEvaluator
 
-_n = [0]
-
-
-def _name(prefix):
-    _n[0] += 1
-    return f"_test_rf_{prefix}_{_n[0]}"
-
-
-@pytest.fixture
-def cleanup():
-    names = []
-    yield names
-    for n in names:
-        if n in DatasetCatalog.list():
-            DatasetCatalog.remove(n)
-        MetadataCatalog.remove(n)
+_name = unique_dataset_name  # conftest's fixture `cleanup` removes what a test registers
 
 
 def _images(root, names, size=(64, 48)):
@@ -145,7 +131,7 @@ def test_unknown_face_layout_is_refused_unless_eyes_are_given(tmp_path, cleanup)
     cleanup.append(name)
     MetadataCatalog.get(name).set(thing_classes=["face"], evaluator_type="face",
                                   keypoint_names=[f"p{i}" for i in range(21)])
-    with pytest.raises(ValueError, match=r"FaceEvaluator\(_test_rf_f21_\d+\): no inter-ocular normaliser for a "
+    with pytest.raises(ValueError, match=r"FaceEvaluator\(_test_f21_\d+\): no inter-ocular normaliser for a "
                                          r"21-point.*face_eye_indices"):
         FaceEvaluator(name, distributed=False)
     MetadataCatalog.get(name).set(face_eye_indices=(8, 11))
@@ -237,7 +223,7 @@ def test_both_face_loaders_return_the_files_landmarks(tmp_path):
 def test_videos_and_densepose_fields_are_kept_and_logged(tmp_path, cleanup, caplog):
     _images(tmp_path, ["v/0.jpg", "v/1.jpg"])
     dp = {"dp_x": [10.0, 20.0], "dp_y": [5.0, 6.0], "dp_I": [1.0, 2.0], "dp_U": [0.1, 0.2], "dp_V": [0.3, 0.4],
-          "dp_masks": [{"size": [256, 256], "counts": "PPYo1"}]}
+          "dp_masks": [{"size": [256, 256], "counts": "PPYo1"}] + [[]] * 13}
     data = {"videos": [{"id": 4, "name": "v"}],
             "images": [{"id": 1, "file_name": "v/0.jpg", "width": 64, "height": 48, "video_id": 4, "frame_id": 0},
                        {"id": 2, "file_name": "v/1.jpg", "width": 64, "height": 48, "video_id": 4, "frame_id": 1}],
@@ -247,7 +233,7 @@ def test_videos_and_densepose_fields_are_kept_and_logged(tmp_path, cleanup, capl
                             {"id": 2, "image_id": 2, "category_id": 1, "bbox": [6, 5, 20, 30], "area": 600,
                              "iscrowd": 0}]}
     json_file = _write(tmp_path / "video_dp.json", data)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         name = register_coco_dataset(_name("vdp"), json_file, str(tmp_path))
     cleanup.append(name)
     assert "1 annotations carry DensePose fields (dp_I, dp_U, dp_V, dp_masks, dp_x, dp_y)" in caplog.text

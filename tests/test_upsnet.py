@@ -235,7 +235,7 @@ class _ScaledUPSNet(UPSNet):
 
 def test_extract_features_override_changes_outputs_trains_and_exports(tmp_path, train_batch):
     pytest.importorskip("onnxruntime")
-    from segx.export import export_model, sample_input
+    from segx.export import export_model, export_tolerances, sample_input
 
     torch.manual_seed(0)
     cfg = tiny_cfg("upsnet", **OPEN)
@@ -265,9 +265,8 @@ def test_extract_features_override_changes_outputs_trains_and_exports(tmp_path, 
     sum(losses.values()).backward()
     # and exports (plain-conv head: TorchScript and ONNX) matching eager
     report = export_model(scaled.eval(), sample_input(cfg), str(tmp_path), formats=("torchscript", "onnx"))
-    assert report.torchscript_max_diff <= 1e-3
     assert report.onnx_error is None, report.onnx_error
-    assert report.onnx_max_diff <= 1e-2
+    assert not report.exceeds(export_tolerances(scaled)), report.summary()
 
 
 class _FixedProposals(torch.nn.Module):
@@ -313,21 +312,21 @@ def test_training_lowers_every_loss(train_batch):
 def test_export_matches_eager(tmp_path, deformable, empty):
     """``empty``: no box passes the panoptic score threshold (the panoptic head sees stuff + unknown only)."""
     pytest.importorskip("onnxruntime")
-    from segx.export import export_model, sample_input
+    from segx.export import export_model, export_tolerances, sample_input
 
     torch.manual_seed(0)
     cfg = tiny_cfg("upsnet", **{"MODEL.UPSNET.SEM_DEFORMABLE": deformable, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0,
                                 "MODEL.UPSNET.PANOPTIC_SCORE_THRESH_TEST": 1.01 if empty else 0.0})
     model = build_model(cfg).eval()
     image = sample_input(cfg)
-    formats = ("torchscript",) if deformable else ("torchscript", "onnx")  # deform_conv2d: no ONNX symbolic
+    # the deformable head's ONNX (pure-PyTorch deformable conv) is checked in tests/test_export_any_size.py (slow)
+    formats = ("torchscript",) if deformable else ("torchscript", "onnx")
     report = export_model(model, image, str(tmp_path), formats=formats)
     # outputs: instances (boxes, classes, masks, scores, size), panoptic_instances (boxes, classes, scores,
     # size), panoptic_logits [S + N + 1, h, w]
     n_panoptic = report.output_shapes[5][0]
     assert (n_panoptic == 0) == empty
     assert report.output_shapes[-1][0] == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - 1 + n_panoptic + 1
-    assert report.torchscript_max_diff <= 1e-3
     if not deformable:
         assert report.onnx_error is None, report.onnx_error
-        assert report.onnx_max_diff <= 1e-2
+    assert not report.exceeds(export_tolerances(model)), report.summary()

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 
 import segx  # noqa: F401
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from segx.config import add_segx_config
+from segx.config import load_config
 from segx.data.mappers import build_mapper
 from segx.modeling.flow import FLOW_LEVELS
 
@@ -34,11 +33,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    cfg = get_cfg()
-    add_segx_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(args.config_file, args.opts, device="cpu", who="yolact_edge_flow_epe")
     cfg.MODEL.YOLACT_EDGE.TRAIN_STAGE = "flow"
     cfg.INPUT.RANDOM_FLIP = "none"
     model = build_model(cfg).eval()

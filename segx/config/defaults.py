@@ -9,6 +9,8 @@ from segx.config.centernet import add_centernet_config
 from segx.config.hourglass import add_hourglass_config
 from segx.config.retinaface import add_retinaface_config
 from segx.config.upsnet import add_upsnet_config
+from segx.config.vpsnet import add_vpsnet_config
+from segx.config.densepose import add_densepose_config
 from segx.config.renames import register_renamed_keys
 
 __all__ = ["add_segx_config"]
@@ -38,6 +40,9 @@ def add_segx_config(cfg):
     # naming the file and the image id; "skip" leaves it out with a warning counting the skipped images. Test
     # loaders and export always raise.
     cfg.SEGX.DATA.BAD_IMAGES = "raise"
+    # The dataset mapper (segx/data/mappers): "" = the one registered under MODEL.META_ARCHITECTURE (detectron2's
+    # DatasetMapper when none is); a name in MAPPER_REGISTRY picks that one (e.g. "DensePose" for GeneralizedRCNN).
+    cfg.SEGX.DATA.MAPPER = ""
     add_backbone_config(cfg)
     add_yolact_config(cfg)
     add_yolact_edge_config(cfg)
@@ -46,6 +51,8 @@ def add_segx_config(cfg):
     add_hourglass_config(cfg)
     add_retinaface_config(cfg)
     add_upsnet_config(cfg)
+    add_vpsnet_config(cfg)
+    add_densepose_config(cfg)
     from segx.config import backbone, centernet, cornernet, hourglass, retinaface, upsnet, yolact
 
     for module in (backbone, yolact, cornernet, centernet, hourglass, retinaface, upsnet):

@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -35,7 +36,10 @@ FORMAT_VERSION = 2  # bump when rendering changes, so caches are rebuilt
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """What to generate. Sizes in pixels; speeds in pixels per frame."""
+    """What to generate. Sizes in pixels; speeds in pixels per frame. ``key()``: the cache key (the fields and
+    ``format_version``, bumped when rendering changes)."""
+
+    format_version: ClassVar[int] = FORMAT_VERSION
 
     num_videos: int
     num_frames: int
@@ -51,7 +55,7 @@ class VideoSpec:
     min_visible_area: int = 24  # an object showing fewer pixels in a frame is not annotated in that frame
 
     def key(self):
-        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION}, sort_keys=True).encode()
+        blob = json.dumps({**asdict(self), "v": self.format_version}, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
 
 
@@ -88,6 +92,27 @@ def _random_velocity(rng, max_speed):
     return np.array([np.cos(angle), np.sin(angle)]) * speed
 
 
+def moving_objects(rng, spec, background_mean, min_contrast):
+    """Random objects of ``spec`` (its count, size and speed ranges) for a ``spec.num_frames``-frame video: per
+    object ``(class index, track [T,2] centre positions bouncing inside the frame, polygon around (0, 0), RGB
+    colour at least ``min_contrast`` (L1) from ``background_mean``, stripe texture (frequency, phase))``."""
+    T, H, W = spec.num_frames, spec.height, spec.width
+    objects = []
+    for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
+        cls = int(rng.integers(len(SHAPE_CLASSES)))
+        size = float(np.exp(rng.uniform(np.log(spec.min_size), np.log(spec.max_size))))
+        r = size / 2
+        lo, hi = (0.6 * r, 0.6 * r), (W - 0.6 * r, H - 0.6 * r)  # mostly inside the frame
+        track = _bounce(rng.uniform(lo, hi), _random_velocity(rng, spec.max_speed), lo, hi, T)
+        poly = _shape_polygon(SHAPE_CLASSES[cls], 0.0, 0.0, r, rng.uniform(0, 2 * np.pi))
+        colour = rng.uniform(0, 255, size=3)
+        while np.abs(colour - background_mean).sum() < min_contrast:
+            colour = rng.uniform(0, 255, size=3)
+        texture = (rng.uniform(0.15, 0.35) / r, rng.uniform(0, 2 * np.pi))  # stripes that move with the object
+        objects.append((cls, track, poly, colour, texture))
+    return objects
+
+
 def render_video(spec: VideoSpec, index: int) -> Video:
     """Renders video ``index`` of ``spec``; the same arguments always give the same video."""
     rng = np.random.default_rng([spec.seed, index, 7])
@@ -99,21 +124,8 @@ def render_video(spec: VideoSpec, index: int) -> Video:
     canvas += (40 / blotches.std()) * blotches[..., None] * rng.uniform(0.5, 1.0, size=3).astype(np.float32)
     cam = _random_velocity(rng, spec.max_camera_speed)
     cam_pos = np.array([margin, margin], np.float64) - cam * (T - 1) / 2  # the pan stays inside the canvas
-    n = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    objects = []
-    for _ in range(n):
-        cls = int(rng.integers(len(SHAPE_CLASSES)))
-        size = float(np.exp(rng.uniform(np.log(spec.min_size), np.log(spec.max_size))))
-        r = size / 2
-        lo, hi = (0.6 * r, 0.6 * r), (W - 0.6 * r, H - 0.6 * r)  # mostly inside the frame
-        start = rng.uniform(lo, hi)
-        track = _bounce(start, _random_velocity(rng, spec.max_speed), lo, hi, T)
-        poly = _shape_polygon(SHAPE_CLASSES[cls], 0.0, 0.0, r, rng.uniform(0, 2 * np.pi))
-        colour = rng.uniform(0, 255, size=3)
-        while np.abs(colour - canvas.mean(axis=(0, 1))).sum() < 90:
-            colour = rng.uniform(0, 255, size=3)
-        texture = (rng.uniform(0.15, 0.35) / r, rng.uniform(0, 2 * np.pi))  # stripes that move with the object
-        objects.append((cls, track, poly, colour, texture))
+    objects = moving_objects(rng, spec, canvas.mean(axis=(0, 1)), min_contrast=90)
+    n = len(objects)
     frames = np.zeros((T, H, W, 3), np.uint8)
     layer_ids = np.zeros((T, H, W), np.uint8)
     positions = np.zeros((T, n + 1, 2), np.float32)

@@ -11,3 +11,4 @@ from segx.evaluation import pck  # noqa: F401,E402  (registers evaluator_type "p
 from segx.evaluation import face  # noqa: F401,E402  (registers evaluator_type "face": FaceEvaluator)
 from segx.evaluation.coco import SegxCOCOEvaluator  # noqa: F401,E402  (evaluator_type "coco"; mask_scores)
 from segx.evaluation import video  # noqa: F401,E402  (registers evaluator_type "coco_video": COCO AP per frame + frame times)
+from segx.evaluation import densepose  # noqa: F401,E402  (registers evaluator_type "densepose": box AP + AP over GPS)

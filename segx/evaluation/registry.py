@@ -77,3 +77,10 @@ def _cityscapes_instance(cfg, dataset_name, output_folder):
 @register_evaluator_type("cityscapes_sem_seg")
 def _cityscapes_sem_seg(cfg, dataset_name, output_folder):
     return CityscapesSemSegEvaluator(dataset_name)
+
+
+@register_evaluator_type("video_panoptic_seg")  # Cityscapes-VPS format sets: VPQ, per-frame PQ, ID switches
+def _video_panoptic(cfg, dataset_name, output_folder):
+    from segx.evaluation.vpq import build_vpq_evaluator
+
+    return build_vpq_evaluator(cfg, dataset_name, output_folder)

@@ -1,2 +1,10 @@
 """Export through detectron2's TracingAdapter: TorchScript (trace) and ONNX (checked in onnxruntime)."""
-from .export_model import ExportReport, export_model, make_tracing_adapter, sample_input  # noqa: F401
+from .export_model import (  # noqa: F401
+    EXPORT_TOLERANCES,
+    ExportReport,
+    export_model,
+    export_tolerances,
+    make_tracing_adapter,
+    sample_input,
+    second_size_image,
+)

@@ -8,20 +8,17 @@ disk, ONNX in onnxruntime).
   ``classes``, ``masks``.
 
 A runtime keeps the key features a key-frame graph returned and feeds them to the non-key graph for the next k-1
-frames. ``flow_warp`` is exported as its ``grid_sample`` reference in ONNX (opset 16 ``GridSample``), as the kernel
+frames. No image size is baked in: the image inputs (and every output) have dynamic axes in ONNX, and
+``export_yolact_edge(..., second_images=(key, nonkey))`` checks both files at a second size too. ``flow_warp`` is exported as its ``grid_sample`` reference in ONNX (opset 16 ``GridSample``), as the kernel
 in TorchScript when ``segx._C`` is built.
 
     python tools/export_yolact_edge.py --config-file configs/YolactEdge/yolact_edge_R_18_shapes_video.yaml \
         --output output/export_yolact_edge MODEL.WEIGHTS output/yolact_edge_R_18_shapes_video/model_final.pth
 """
-import inspect
-import json
-import os
-
-import numpy as np
 import torch
 from torch import nn
 
+from segx.export.graphs import export_graphs
 from segx.modeling.yolact.edge import key_frame_features, partial_feature_transform
 
 __all__ = ["KeyFrameGraph", "NonKeyFrameGraph", "export_yolact_edge", "OUTPUT_NAMES"]
@@ -69,55 +66,23 @@ OUTPUT_NAMES = {"key_frame": [*DETECTION_OUTPUTS, "lateral", "p4", "p5"], "nonke
 INPUT_NAMES = {"key_frame": ["image"], "nonkey_frame": ["image", "lateral", "p4", "p5"]}
 
 
-def _max_diff(ref, out):
-    diffs = []
-    for i, (a, b) in enumerate(zip(ref, out)):
-        a = a.detach().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
-        b = b.detach().cpu().numpy() if torch.is_tensor(b) else np.asarray(b)
-        if a.shape != b.shape:
-            raise AssertionError(f"output {i}: shape {b.shape} differs from eager {a.shape}")
-        diffs.append(float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
-    return max(diffs, default=0.0)
-
-
-def export_yolact_edge(model, key_image, nonkey_image, output_dir, formats=("torchscript", "onnx")):
-    """Traces both paths of ``model`` (a ``YolactEdge``; ``key_image`` then ``nonkey_image``, ``[3,H,W]``, e.g. two
-    frames of one video) and writes ``key_frame.{ts,onnx}``, ``nonkey_frame.{ts,onnx}`` into ``output_dir``.
-    Returns ``{"key_frame": {...}, "nonkey_frame": {...}}``: per path the files, output shapes, the number of
-    detections and the max |diff| to eager of the TorchScript file and of onnxruntime."""
-    model.eval()
-    os.makedirs(output_dir, exist_ok=True)
-    key_graph, nonkey_graph = KeyFrameGraph(model).eval(), NonKeyFrameGraph(model).eval()
+def _cases(key_graph, nonkey_graph, key_image, nonkey_image):
     with torch.no_grad():
         key_out = key_graph(key_image)
     key_features = tuple(t.detach() for t in key_out[len(DETECTION_OUTPUTS):])
-    cases = {"key_frame": (key_graph, (key_image,)), "nonkey_frame": (nonkey_graph, (nonkey_image, *key_features))}
-    report = {}
-    for name, (graph, args) in cases.items():
-        with torch.no_grad():
-            eager = graph(*args)
-        r = {"output_names": OUTPUT_NAMES[name], "output_shapes": [list(t.shape) for t in eager],
-             "num_detections": int(eager[1].shape[0])}
-        if "torchscript" in formats:
-            path = os.path.join(output_dir, f"{name}.ts")
-            with torch.no_grad():
-                traced = torch.jit.trace(graph, args, check_trace=False)
-            traced.save(path)
-            with torch.no_grad():
-                out = torch.jit.load(path)(*args)
-            r["torchscript"], r["torchscript_max_diff"] = path, _max_diff(eager, out)
-        if "onnx" in formats:
-            import onnxruntime as ort
+    return {"key_frame": (key_image,), "nonkey_frame": (nonkey_image, *key_features)}
 
-            path = os.path.join(output_dir, f"{name}.onnx")
-            kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            with torch.no_grad():
-                torch.onnx.export(graph, args, path, opset_version=16, input_names=INPUT_NAMES[name],
-                                  output_names=OUTPUT_NAMES[name], **kwargs)
-            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            feeds = {i.name: a.cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
-            r["onnx"], r["onnx_max_diff"] = path, _max_diff(eager, sess.run(None, feeds))
-        report[name] = r
-    with open(os.path.join(output_dir, "export_info.json"), "w") as f:
-        json.dump({"inputs": INPUT_NAMES, **report}, f, indent=2)
-    return report
+
+def export_yolact_edge(model, key_image, nonkey_image, output_dir, formats=("torchscript", "onnx"),
+                       second_images=None):
+    """Traces both paths of ``model`` (a ``YolactEdge``; ``key_image`` then ``nonkey_image``, ``[3,H,W]``, e.g. two
+    frames of one video) and writes ``key_frame.{ts,onnx}``, ``nonkey_frame.{ts,onnx}`` into ``output_dir``.
+    Returns ``{"key_frame": {...}, "nonkey_frame": {...}}``: per path the files, output shapes, the number of
+    detections and the max |diff| to eager of the TorchScript file and of onnxruntime; with ``second_images``
+    (a key and a non-key frame of another size) also ``"second_size"``: the size and the same differences there."""
+    model.eval()
+    key_graph, nonkey_graph = KeyFrameGraph(model).eval(), NonKeyFrameGraph(model).eval()
+    graphs = {"key_frame": key_graph, "nonkey_frame": nonkey_graph}
+    second = _cases(key_graph, nonkey_graph, *second_images) if second_images is not None else None
+    return export_graphs(graphs, _cases(key_graph, nonkey_graph, key_image, nonkey_image), INPUT_NAMES,
+                         OUTPUT_NAMES, output_dir, formats, second, count=("num_detections", 1))

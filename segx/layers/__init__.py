@@ -7,6 +7,7 @@ from segx.layers.assemble_masks import assemble_masks, assemble_masks_reference
 from segx.layers.conv import conv_norm_act
 from segx.layers.corner_pool import DIRECTIONS as CORNER_POOL_DIRECTIONS
 from segx.layers.corner_pool import corner_pool, corner_pool_reference
+from segx.layers.deform_conv_reference import deform_conv2d_reference
 from segx.layers.flow_warp import flow_warp, flow_warp_reference
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "corner_pool",
     "corner_pool_reference",
     "CORNER_POOL_DIRECTIONS",
+    "deform_conv2d_reference",
     "flow_warp",
     "flow_warp_reference",
 ]

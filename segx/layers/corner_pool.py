@@ -35,16 +35,23 @@ def corner_pool(x: torch.Tensor, direction: str) -> torch.Tensor:
 
 def _prefix_max(y: torch.Tensor, dim: int, lowest) -> torch.Tensor:
     """Inclusive running max along ``dim``; cummax eagerly, log-step doubling when exporting to ONNX
-    (which has no cummax)."""
+    (which has no cummax). The doubling takes enough steps for ``_DOUBLING_LENGTH`` positions whatever the traced
+    size, and each step shifts by padding then slicing to the input's (dynamic) length, so the exported graph is
+    right at any size up to that length, not only at the traced one."""
     if not torch.onnx.is_in_onnx_export() and not _FORCE_DOUBLING:
         return torch.cummax(y, dim)[0]
     n = y.shape[dim]
     step = 1
-    while step < n:
-        pad = torch.full_like(y.narrow(dim, 0, step), lowest)
-        y = torch.maximum(y, torch.cat([pad, y.narrow(dim, 0, n - step)], dim))
+    while step < max(int(n), _DOUBLING_LENGTH):
+        shape = list(y.shape)
+        shape[dim] = step
+        pad = y.new_full(shape, lowest)
+        y = torch.maximum(y, torch.cat([pad, y], dim).narrow(dim, 0, n))
         step *= 2
     return y
+
+
+_DOUBLING_LENGTH = 4096  # feature-map positions the exported scan covers (16384 input px at stride 4)
 
 
 _FORCE_DOUBLING = False  # tests flip this to check the ONNX path eagerly

@@ -2,13 +2,16 @@
 
 Used by YOLACT++ (backbone 3×3 convs), CenterNet's DLA-34 and UPSNet's semantic head. The offset (and, when
 modulated, mask) conv is zero-initialised, so the layer starts as a plain convolution (offsets 0, mask 0.5
-→ scaled by 2 so the start equals the plain conv as well).
+→ scaled by 2 so the start equals the plain conv as well). During ONNX export the layer records
+``segx.layers.deform_conv_reference`` (pure PyTorch) instead of torchvision's op, which has no ONNX symbolic.
 """
 import math
 
 import torch
 from torch import nn
 from torchvision.ops import deform_conv2d
+
+from segx.layers.deform_conv_reference import deform_conv2d_reference
 
 __all__ = ["DeformConvWithOffset"]
 
@@ -60,8 +63,10 @@ class DeformConvWithOffset(nn.Module):
             offset, mask = out[:, :n_off], self.mask_scale * torch.sigmoid(out[:, n_off:])
         else:
             offset = out
-        y = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                          dilation=self.dilation, mask=mask)
+        # torchvision's op has no ONNX symbolic: ONNX export records the pure-PyTorch one (same semantics)
+        op = deform_conv2d_reference if torch.onnx.is_in_onnx_export() else deform_conv2d
+        y = op(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
+               mask=mask)
         if self.norm is not None:
             y = self.norm(y)
         if self.activation is not None:

@@ -12,9 +12,10 @@ annotation and image ids (``zero_area_boxes="error"`` refuses them): detectron2 
 COCO evaluation counts them as objects no detection can match. Images without annotations are legal
 (negatives); their count is logged.
 
-Fields beyond COCO instances: DensePose annotations (``dp_*``) are kept in the records under their own names
-(nothing in segx uses them yet); a file with ``videos`` is registered frame by frame as independent images,
-with each image's ``video_id`` / ``frame_id`` kept in its record. Both are logged at registration.
+Fields beyond COCO instances: DensePose-COCO annotations (``dp_*``) are loaded into the records, checked
+(``segx.data.datasets.densepose.check_densepose_annotation``) and given DensePose metadata (DensePose R-CNN trains
+on them); a file with ``videos`` is registered frame by frame as independent images, with each image's
+``video_id`` / ``frame_id`` kept in its record. Both are logged at registration.
 """
 import json
 import logging
@@ -195,6 +196,10 @@ def validate_coco_json(json_file, image_root, require_annotations=True, check_im
             problems += _check_segmentation(ann["segmentation"], where)
         if "keypoints" in ann and len(ann["keypoints"]) % 3 != 0:
             problems.append(f"{where}: keypoints length {len(ann['keypoints'])} is not a multiple of 3")
+        if any(k.startswith("dp_") for k in ann):  # DensePose-COCO fields
+            from segx.data.datasets.densepose import check_densepose_annotation
+
+            problems += [f"{where}: {p}" for p in check_densepose_annotation(ann)]
     if zero_area_boxes == "error":
         problems += zero_area
     elif zero_area:
@@ -266,9 +271,9 @@ def _extra_fields(data, json_file):
     dp_keys = sorted({k for a in data.get("annotations", []) for k in a if k.startswith("dp_")})
     if dp_keys:
         n = sum(1 for a in data["annotations"] if any(k in a for k in dp_keys))
-        logger.warning("%s: %d annotations carry DensePose fields (%s): kept in the records under these names; "
-                       "segx does not train or evaluate DensePose yet (its mappers and detectron2's DatasetMapper "
-                       "ignore them)", json_file, n, ", ".join(dp_keys))
+        logger.info("%s: %d annotations carry DensePose fields (%s): loaded into the records as DensePose-COCO "
+                    "annotations (DensePose R-CNN, configs/DensePose/, trains and evaluates on them; other models "
+                    "ignore them)", json_file, n, ", ".join(dp_keys))
     image_keys = []
     if "videos" in data:
         image_keys = sorted({k for img in data.get("images", []) for k in img
@@ -300,7 +305,8 @@ def register_coco_dataset(name, json_file, image_root, metadata=None, validate=T
     def load():
         if validate:
             validate_coco_json(json_file, image_root, check_images=check_images, zero_area_boxes=zero_area_boxes)
-        records = load_coco_json(json_file, image_root, name, extra_annotation_keys=extra["annotation_keys"] or None)
+        keys = extra["annotation_keys"] + ["id"] if extra["annotation_keys"] else None  # ids name DensePose errors
+        records = load_coco_json(json_file, image_root, name, extra_annotation_keys=keys)
         if extra["image_keys"]:
             images = {img["id"]: img for img in _load_json(json_file)["images"]}
             for rec in records:
@@ -317,6 +323,10 @@ def register_coco_dataset(name, json_file, image_root, metadata=None, validate=T
             meta["thing_classes"] = [c["name"] for c in cats]
             meta.update(_keypoint_metadata(keypoint_names_for(data, json_file, keypoint_names), json_file))
             extra["annotation_keys"], extra["image_keys"] = _extra_fields(data, json_file)
+            if extra["annotation_keys"]:
+                from segx.data.datasets.densepose import densepose_metadata
+
+                meta.update(densepose_metadata(thing_classes=meta["thing_classes"]))
     meta.update(metadata or {})
     MetadataCatalog.get(name).set(**meta)
     return name

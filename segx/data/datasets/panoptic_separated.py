@@ -35,13 +35,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def separated_panoptic_metadata(categories):
+def separated_panoptic_metadata(categories, reserve_things_id=True):
     """detectron2's "separated" metadata (``builtin_meta._get_coco_panoptic_separated_meta``) from panoptic
-    categories: things contiguous ``0..K-1`` in category order; stuff ``1..S`` with 0 = "things"."""
+    categories: things contiguous ``0..K-1`` in category order; stuff ``1..S`` with 0 = "things". With
+    ``reserve_things_id`` dataset id 0 maps to stuff 0 ("things"), as in detectron2's COCO metadata; sets whose
+    category 0 is a real class (Cityscapes-VPS's road) pass False."""
     things = [c for c in categories if c.get("isthing")]
     stuff = [c for c in categories if not c.get("isthing")]
     stuff_map = {c["id"]: i + 1 for i, c in enumerate(stuff)}
-    stuff_map[0] = 0
+    if reserve_things_id:
+        stuff_map[0] = 0
     colour = lambda i, c: list(c.get("color", [(37 * i) % 256, (91 * i) % 256, (173 * i) % 256]))  # noqa: E731
     return {
         "thing_classes": [c["name"] for c in things],

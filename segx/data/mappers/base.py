@@ -83,9 +83,15 @@ def with_bad_image_guard(cls):
 
 
 def build_mapper(cfg, is_train):
-    """The dataset mapper of ``cfg.MODEL.META_ARCHITECTURE`` (detectron2's ``DatasetMapper`` by default), with the
-    ``BadImageGuard`` step set by ``cfg.SEGX.DATA.BAD_IMAGES``."""
+    """The dataset mapper of ``cfg.MODEL.META_ARCHITECTURE`` (detectron2's ``DatasetMapper`` by default) or the one
+    named by ``cfg.SEGX.DATA.MAPPER``, with the ``BadImageGuard`` step set by ``cfg.SEGX.DATA.BAD_IMAGES``."""
     name = cfg.MODEL.META_ARCHITECTURE
+    chosen = cfg.SEGX.DATA.get("MAPPER", "") if "SEGX" in cfg and "DATA" in cfg.SEGX else ""
+    if chosen:
+        if chosen not in MAPPER_REGISTRY:
+            raise ValueError(f"SEGX.DATA.MAPPER {chosen!r} is not a registered mapper (known: "
+                             f"{sorted(k for k, _ in MAPPER_REGISTRY)})")
+        name = chosen
     cls = MAPPER_REGISTRY.get(name) if name in MAPPER_REGISTRY else DatasetMapper
     policy = cfg.SEGX.DATA.BAD_IMAGES if "SEGX" in cfg and "DATA" in cfg.SEGX else "raise"
     if policy not in BAD_IMAGE_POLICIES:

@@ -5,15 +5,13 @@ Registered in ``MAPPER_REGISTRY`` as ``"YolactEdge"``. Frame records come from `
 ``video_frames`` and ``frame_index``); the flow stage also needs ``motion_file`` (the synthetic videos have it).
 """
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from segx.data.synthetic_video import known_flow, load_motion
 
 from .base import MAPPER_REGISTRY
+from .flow import known_flow_target
 from .yolact import YolactMapper
 
 __all__ = ["YolactEdgeMapper", "pick_reference_frame"]
@@ -94,22 +92,11 @@ class YolactEdgeMapper(YolactMapper):
         return mapped
 
     def _flow(self, record, f, ref, flip, where):
-        path = record.get("motion_file")
-        if not path:
-            raise ValueError(f"YolactEdgeMapper: {where} has no 'motion_file': the flow stage needs frames with "
-                             "known motion (the synthetic videos segx_videos_*)")
-        layer_ids, positions = load_motion(path)
-        flow = torch.from_numpy(known_flow(layer_ids[f], positions[f], positions[ref]))  # [2,H,W] pixels
-        h, w = flow.shape[-2:]
+        """The known flow at the network's S×S input (the frame is resized to S×S, then ``flip``)."""
+        h, w = int(record["height"]), int(record["width"])
         S = self.input_size
-        if (h, w) != (S, S):
-            flow = F.interpolate(flow[None], size=(S, S), mode="nearest")[0]
-            flow = flow * flow.new_tensor([S / w, S / h]).view(2, 1, 1)
-        if isinstance(flip, T.HFlipTransform):
-            flow = flow.flip(-1) * flow.new_tensor([-1.0, 1.0]).view(2, 1, 1)
-        elif isinstance(flip, T.VFlipTransform):
-            flow = flow.flip(-2) * flow.new_tensor([1.0, -1.0]).view(2, 1, 1)
-        return flow.contiguous()
+        return known_flow_target(record, f, ref, [T.ResizeTransform(h, w, S, S), flip], (S, S), "YolactEdgeMapper",
+                                 where, "the synthetic videos segx_videos_*")
 
 
 MAPPER_REGISTRY._do_register("YolactEdge", YolactEdgeMapper)

@@ -1,6 +1,8 @@
-"""Feature flow: a light flow network between two feature maps and feature warping with ``segx.layers.flow_warp``
-(YolactEdge's partial feature transform; VPSNet's reference-frame fusion will share it).
+"""Flow networks and feature warping with ``segx.layers.flow_warp``: YolactEdge's flow between feature maps (partial
+feature transform) and VPSNet's flow between images (reference-frame fusion); both train with ``flow_epe_loss``.
 
+* ``image_flownet``: flow between two images (VPSNet): ``ImageFlowNet`` (FlowNetS-style, trained on synthetic
+  pairs with ``flow_epe_loss``), ``TorchvisionRAFT`` (a frozen pretrained RAFT), ``resize_flow``.
 * ``featflownet``: ``FeatFlowNet`` (YolactEdge's FlowNetMini with its channel-reducing pre-convs), the flow units
   (``units_to_pixels``, ``pixels_to_units``), ``warp_features`` and the multi-scale end-point-error loss.
 """
@@ -13,6 +15,7 @@ from .featflownet import (
     units_to_pixels,
     warp_features,
 )
+from .image_flownet import ImageFlowNet, TorchvisionRAFT, build_image_flow_net, resize_flow  # VPSNet: flow on images
 
 __all__ = [
     "FLOW_LEVELS",
@@ -22,4 +25,8 @@ __all__ = [
     "pixels_to_units",
     "units_to_pixels",
     "warp_features",
+    "ImageFlowNet",
+    "TorchvisionRAFT",
+    "build_image_flow_net",
+    "resize_flow",
 ]

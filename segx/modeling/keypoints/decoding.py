@@ -12,7 +12,7 @@ import torch
 
 from detectron2.structures import Boxes, pairwise_iou
 
-from segx.modeling.keypoints.heatmaps import gather_at, heatmap_peak_nms, topk_peaks
+from segx.modeling.keypoints.heatmaps import gather_at, heatmap_peak_nms, topk_peaks, topk_size
 
 __all__ = [
     "decode_corner_pairs", "decode_center_keypoints", "center_region_check", "soft_nms_gaussian", "centernet_decode",
@@ -77,7 +77,7 @@ def decode_corner_pairs(
     )
     scores = torch.where(reject, torch.full_like(scores, -1.0), scores).reshape(b, kk * kk)
     classes = tl_c[:, :, None].expand(b, kk, kk).reshape(b, kk * kk)
-    scores, top = torch.topk(scores, min(num_candidates, kk * kk), dim=1)
+    scores, top = torch.topk(scores, topk_size(num_candidates, kk * kk), dim=1)
     boxes = boxes.gather(1, top[..., None].expand(b, top.shape[1], 4))
     return boxes, scores, classes.gather(1, top)
 

@@ -19,6 +19,7 @@ __all__ = [
     "heatmap_focal_loss",
     "heatmap_peak_nms",
     "topk_peaks",
+    "topk_size",
     "gather_at",
     "argmax_decode",
 ]
@@ -134,6 +135,14 @@ def heatmap_peak_nms(heat, kernel=3):
     return heat * (hmax == heat).to(heat.dtype)
 
 
+def topk_size(k, n):
+    """min(``k``, ``n``) for a top-k whose ``n`` comes from a tensor's shape: a Python int eagerly, a traced value
+    while tracing, so an exported graph also takes maps with fewer than ``k`` positions than the traced one had."""
+    if torch.jit.is_tracing() and torch.is_tensor(n):
+        return torch.clamp(n, max=k)
+    return min(k, int(n))
+
+
 def topk_peaks(heat, k):
     """Top ``k`` of ``heat`` ``[B,C,H,W]``: top-k per class first, then over all classes (CenterNet's order).
 
@@ -141,9 +150,9 @@ def topk_peaks(heat, k):
     (long), ys, xs (float, heatmap pixels).
     """
     b, c, h, w = heat.shape
-    k_class = min(k, h * w)
+    k_class = topk_size(k, h * w)
     scores, index = torch.topk(heat.reshape(b, c, h * w), k_class)  # [B,C,kc]
-    k_all = min(k, c * k_class)
+    k_all = topk_size(k, c * k_class)
     top_scores, top = torch.topk(scores.reshape(b, -1), k_all)
     classes = torch.div(top, k_class, rounding_mode="floor")
     index = index.reshape(b, -1).gather(1, top)

@@ -7,3 +7,4 @@ from segx.modeling.meta_arch import centernet  # noqa: F401
 from segx.modeling.meta_arch import stacked_hourglass  # noqa: F401
 from segx.modeling.meta_arch import retinaface  # noqa: F401
 from segx.modeling.meta_arch import upsnet  # noqa: F401
+from segx.modeling.meta_arch import vpsnet  # noqa: F401

@@ -144,7 +144,9 @@ class UPSNet(SegxMetaArch):
         features, sem_logits = predictions["features"], predictions["sem_seg_logits"]
         gt_instances = self.gt_instances(batched_inputs)
         proposals, losses = self.proposal_generator(images, features, gt_instances)
-        losses.update(self.roi_heads(images, features, proposals, gt_instances)[1])
+        sampled, roi_losses = self.roi_heads(images, features, proposals, gt_instances)
+        losses.update(roi_losses)
+        predictions["sampled_proposals"] = sampled  # what the ROI heads trained on (VPSNet's track head uses them)
 
         hp, wp = images.tensor.shape[-2:]
         gt_sem = ImageList.from_tensors([x["sem_seg"].to(self.device) for x in batched_inputs], self.size_divisibility,
@@ -192,7 +194,8 @@ class UPSNet(SegxMetaArch):
             sel, boxes = sel[keep], boxes[keep]
             logits = upsnet_panoptic_logits(sem_up[b, :, :h, :w], self.num_stuff, sel.pred_mask_logits, boxes,
                                             sel.pred_classes, self.with_unknown, self.panoptic_head_mode)
-            inst = Instances(image_size, pred_boxes=sel.pred_boxes, scores=sel.scores, pred_classes=sel.pred_classes)
+            # the selected instances' fields but the mask logits (a subclass's extra fields, e.g. VPSNet's, pass through)
+            inst = Instances(image_size, **{k: v for k, v in sel.get_fields().items() if k != "pred_mask_logits"})
             results.append({"instances": predictions["instances"][b], "panoptic_instances": inst,
                             "panoptic_logits": logits})
         return results

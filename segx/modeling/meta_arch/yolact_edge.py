@@ -18,13 +18,12 @@ import contextlib
 import time
 
 import torch
-from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from segx.modeling.flow import FLOW_LEVELS, FeatFlowNet, flow_epe_loss, pixels_to_units
-from segx.modeling.meta_arch.base import StreamState
+from segx.modeling.meta_arch.video import TRAIN_STAGES, VideoMetaArchMixin
 from segx.modeling.meta_arch.yolact import YOLACT
 from segx.modeling.yolact import YolactFPN
 from segx.modeling.yolact.edge import (
@@ -39,12 +38,11 @@ from segx.modeling.yolact.edge import (
 
 __all__ = ["YolactEdge", "TRAIN_STAGES"]
 
-TRAIN_STAGES = ("image", "flow", "video")
 _TRAINING_FIELDS = {"image": ("instances",), "flow": ("ref_image", "flow"), "video": ("instances", "ref_image")}
 
 
 @META_ARCH_REGISTRY.register()
-class YolactEdge(YOLACT):
+class YolactEdge(VideoMetaArchMixin, YOLACT):
     """YOLACT + partial feature transform on non-key frames (module docstring). Outputs as YOLACT's; in stream
     mode with postprocessing each output also has ``"frame_info"``: ``{"video_id", "frame_index", "key_frame",
     "seconds"}`` (what ``segx.evaluation.video.FrameTimeEvaluator`` reads).
@@ -58,6 +56,8 @@ class YolactEdge(YOLACT):
         flow_loss_weight, fm_loss ("cosine", "smooth_l1", "none"), fm_loss_locations ("L", "P", "L+P"),
         fm_loss_weight, full_frame_loss: the stages' losses.
     """
+
+    consecutive_frames = "non-key frames warp the key frame's features"
 
     @configurable
     def __init__(self, *, flow_net, refinement=None, key_frame_interval=5, train_stage="video", train_modules=(),
@@ -74,20 +74,14 @@ class YolactEdge(YOLACT):
                              f"{flow_net.feature_channels}-channel features, the FPN is {width} wide")
         if int(key_frame_interval) < 1:
             raise ValueError(f"YolactEdge: KEY_FRAME_INTERVAL must be >= 1, got {key_frame_interval}")
-        if train_stage not in TRAIN_STAGES:
-            raise ValueError(f"YolactEdge: TRAIN_STAGE must be one of {TRAIN_STAGES}, got {train_stage!r}")
         if fm_loss not in FM_LOSS_TYPES or fm_loss_locations not in FM_LOSS_LOCATIONS:
             raise ValueError(f"YolactEdge: FM_LOSS must be one of {FM_LOSS_TYPES} and FM_LOSS_LOCATIONS one of "
                              f"{FM_LOSS_LOCATIONS}, got {fm_loss!r}, {fm_loss_locations!r}")
         self.flow_net, self.refinement = flow_net, refinement
         self.key_frame_interval = int(key_frame_interval)
-        self.train_stage = train_stage
-        self.training_fields = _TRAINING_FIELDS[train_stage]
         self.flow_loss_weight, self.fm_loss, self.fm_loss_locations = flow_loss_weight, fm_loss, fm_loss_locations
         self.fm_loss_weight, self.full_frame_loss = fm_loss_weight, bool(full_frame_loss)
-        self.train_modules = tuple(train_modules) or self._default_train_modules(train_stage)
-        self._freeze_all_but(self.train_modules)
-        self._streams = {}  # video_id -> StreamState, for inputs that carry video_id and no explicit state
+        self.setup_training_stage(train_stage, train_modules, _TRAINING_FIELDS)
         # seconds per frame of the last streamed frames, by path ("key", "nonkey")
         self.frame_times = {"key": collections.deque(maxlen=10000), "nonkey": collections.deque(maxlen=10000)}
 
@@ -113,36 +107,12 @@ class YolactEdge(YOLACT):
         return ret
 
     # -------------------------------------------------------------------------------------------- stage freezing
-    def _default_train_modules(self, stage):
+    def default_train_modules(self, stage):
         """What a stage trains when ``train_modules`` is empty: "image" all but the flow net and the refinement
         (single images give them no gradient), "flow" the flow net, "video" everything."""
         if stage == "image":
-            return tuple(n for n, m in self.named_children()
-                         if n not in ("flow_net", "refinement") and any(True for _ in m.parameters()))
+            return self.trainable_children(skip=("flow_net", "refinement"))
         return ("flow_net",) if stage == "flow" else ()
-
-    def _freeze_all_but(self, prefixes):
-        if not prefixes:
-            return
-        names = [n for n, _ in self.named_parameters()]
-        hit = lambda n, p: n == p or n.startswith(p + ".")  # noqa: E731
-        for p in prefixes:
-            if not any(hit(n, p) for n in names):
-                top = sorted({n.split(".")[0] for n in names})
-                raise ValueError(f"YolactEdge: TRAIN_MODULES entry {p!r} names no parameter (modules: {top}, "
-                                 "or deeper names such as 'backbone.output_convs')")
-        for n, param in self.named_parameters():
-            param.requires_grad_(any(hit(n, p) for p in prefixes))
-
-    def train(self, mode=True):
-        """As ``nn.Module.train``; BatchNorm layers whose parameters are frozen (``train_modules``) stay in eval."""
-        super().train(mode)
-        if mode and self.train_modules:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-                        p.requires_grad for p in m.parameters(recurse=False)):
-                    m.eval()
-        return self
 
     # ------------------------------------------------------------------------------------------------ features
     def is_key_frame(self, state):
@@ -170,80 +140,17 @@ class YolactEdge(YOLACT):
         super().update_state(state, features, predictions, results)
 
     # ---------------------------------------------------------------------------------------------- inference
-    def inference(self, batched_inputs, do_postprocess=True, state=None):
-        """As the base's. Frames go through a stream one at a time: with ``state`` (all inputs are the next frames
-        of that stream, returns ``(results, state)``), or, with no state, when the inputs carry ``video_id`` (one
-        internal state per video, a new video starts a new stream). Otherwise (and when tracing) every frame is a
-        key frame: YOLACT."""
-        if state is None:
-            if torch.jit.is_tracing() or not any("video_id" in x for x in batched_inputs):
-                return super().inference(batched_inputs, do_postprocess)
-            return [self._stream_frame(x, self._stream_of(x), do_postprocess) for x in batched_inputs]
-        if not isinstance(state, StreamState):
-            raise TypeError(f"YolactEdge.inference: state must be a StreamState (model.new_state()), "
-                            f"got {type(state).__name__}")
-        return [self._stream_frame(x, state, do_postprocess) for x in batched_inputs], state
-
-    def inference_on_video(self, frames, video_id=None, do_postprocess=True):
-        """All ``frames`` (model inputs, in order) of one video through a fresh stream; a list of results."""
-        if len(frames) == 0:
-            raise ValueError(f"YolactEdge: video {video_id!r} has no frames (an empty video cannot be streamed)")
-        state = self.new_state(video_id)
-        return [self._stream_frame(x, state, do_postprocess) for x in frames]
-
-    def _stream_of(self, x):
-        vid = x.get("video_id")
-        if vid is None:
-            raise ValueError("YolactEdge: some inputs of this batch carry video_id and some do not; stream inputs "
-                             f"need video_id (input with file {x.get('file_name', '?')})")
-        if vid not in self._streams:
-            self._streams = {vid: self.new_state(vid)}  # frames come one video after another: keep one stream
-        return self._streams[vid]
-
-    def _stream_frame(self, x, state, do_postprocess):
-        self._check_stream_frame(x, state)
+    def stream_frame(self, x, state, do_postprocess):
+        """As the mixin's; the frame's seconds go into ``frame_times`` and (postprocessed) its ``"frame_info"``."""
         key = self.is_key_frame(state)
         t0 = time.perf_counter()
-        results, _ = super().inference([x], do_postprocess, state=state)
+        out = super().stream_frame(x, state, do_postprocess)
         seconds = time.perf_counter() - t0
         self.frame_times["key" if key else "nonkey"].append(seconds)
-        out = results[0]
         if do_postprocess:
             out["frame_info"] = {"video_id": state.stream_id, "frame_index": state.last_frame_index,
                                  "key_frame": key, "seconds": seconds}
         return out
-
-    def _check_stream_frame(self, x, state):
-        """Frames of a stream: one video, in order without gaps, all of one size (errors name video and frame)."""
-        img = self.check_image(x.get("image"), 0)
-        fi = x.get("frame_index")
-        fi = None if fi is None else int(fi)
-        vid = x.get("video_id", state.stream_id)
-        where = f"video {vid!r}, frame {fi if fi is not None else state.frame_index}"
-        if x.get("file_name"):
-            where += f" ({x['file_name']})"
-        size = (int(x.get("height", img.shape[-2])), int(x.get("width", img.shape[-1])))
-        if state.frame_index == 0:  # first frame of the stream (new or reset)
-            if "video_id" in x:
-                state.stream_id = x["video_id"]
-        else:
-            if "video_id" in x and state.stream_id is not None and x["video_id"] != state.stream_id:
-                raise ValueError(f"YolactEdge: {where} was given the stream state of video {state.stream_id!r}; use "
-                                 "one state per video (model.new_state()) or state.reset() before a new video")
-            last = getattr(state, "last_frame_index", None)
-            if fi is not None and last is not None and fi != last + 1:
-                if fi <= last:
-                    raise ValueError(f"YolactEdge: {where} comes after frame {last}: a video's frames must come in "
-                                     "order")
-                gap = f"frame {last + 1} is" if fi == last + 2 else f"frames {last + 1}..{fi - 1} are"
-                raise ValueError(f"YolactEdge: {where}: {gap} missing (the stream's previous frame was {last}). "
-                                 "Non-key frames warp the key frame's features, so a video's frames must come in "
-                                 "order without gaps; call state.reset() to start a new stream after a gap")
-            if size != state.frame_size or tuple(img.shape[-2:]) != state.image_shape:
-                raise ValueError(f"YolactEdge: {where} is {size[0]}x{size[1]} (input image {tuple(img.shape[-2:])}), "
-                                 f"the stream's earlier frames are {state.frame_size[0]}x{state.frame_size[1]} (input "
-                                 f"image {state.image_shape}); every frame of a video must have one size")
-        state.frame_size, state.image_shape, state.last_frame_index = size, tuple(img.shape[-2:]), fi
 
     # ---------------------------------------------------------------------------------------------- training
     def forward_training(self, batched_inputs):

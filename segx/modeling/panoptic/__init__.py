@@ -1,6 +1,7 @@
-"""The panoptic family (UPSNet, and VPSNet next): UPSNet's semantic head (registered in detectron2's
+"""The panoptic family (UPSNet, VPSNet): UPSNet's semantic head (registered in detectron2's
 ``SEM_SEG_HEADS_REGISTRY``), the parameter-free panoptic head, its training targets and losses, the selection of
-the instances that enter it at inference, and the merge into detectron2's ``panoptic_seg``.
+the instances that enter it at inference, and the merge into detectron2's ``panoptic_seg``; VPSNet's feature fusion
+(``fusion.py``) and track head (``track_head.py``).
 
 Follows UPSNet (Xiong et al., CVPR 2019; uber-research/UPSNet). Conventions:
 
@@ -25,6 +26,8 @@ from segx.modeling.panoptic.panoptic_head import (
     upsnet_panoptic_logits,
 )
 from segx.modeling.panoptic.selection import select_panoptic_instances
+from segx.modeling.panoptic.fusion import FeatureFusion  # VPSNet
+from segx.modeling.panoptic.track_head import TrackHead, TrackMatcher  # VPSNet
 from segx.modeling.panoptic.semantic_head import UPSNetSemanticHead
 from segx.modeling.panoptic.targets import (
     gt_bitmasks,
@@ -54,4 +57,7 @@ __all__ = [
     "select_panoptic_instances",
     "mask_removal_keep",
     "merge_panoptic_logits",
+    "FeatureFusion",
+    "TrackHead",
+    "TrackMatcher",
 ]

@@ -79,7 +79,8 @@ def upsample_masks(masks, height, width, layout="channels"):
     postprocess); ``"batch"``: as a batch of one-channel images (``[N,1,h,w]``). Both give the same values. The
     batch layout is used for N = 0 and while tracing (interpolate refuses zero channels; a traced graph must take
     any N)."""
-    size = (int(height), int(width))
+    # traced: the sizes stay traced values (the graph takes any image size); eager: Python ints
+    size = (height, width) if torch.jit.is_tracing() else (int(height), int(width))
     if layout == "batch" or torch.jit.is_tracing() or masks.shape[0] == 0:
         return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     if layout != "channels":
@@ -110,7 +111,9 @@ def detections_to_instances(det, height, width, input_size=None, mask_thresh=0.5
     else:
         raise ValueError(f"YOLACT: BOX_OUTPUT_MODE must be one of {BOX_OUTPUT_MODES}, got {box_mode!r}")
     masks = upsample_masks(det["masks"], height, width)
-    inst = Instances((int(height), int(width)))
+    # traced: a size tensor, so the exported image_size follows the input (detectron2's shapes_to_tensor)
+    size = torch.stack([torch.as_tensor(height), torch.as_tensor(width)]) if torch.jit.is_tracing() else None
+    inst = Instances((int(height), int(width)) if size is None else size)
     inst.pred_boxes = out_boxes
     inst.scores = det["scores"]
     inst.pred_classes = det["classes"]

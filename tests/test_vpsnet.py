@@ -383,3 +383,79 @@ def test_export_per_frame_path_torchscript_and_onnx(tmp_path, val_video):
         for where in (r, r["second_size"]):
             assert where["num_instances"] > 0, (name, where)
             assert where["torchscript_max_diff"] <= ts_tol and where["onnx_max_diff"] <= onnx_tol, (name, where)
+
+
+# ------------------------------------------------------------------------------------------- image flow networks
+@pytest.mark.parametrize("name", ["ImageFlowNet", "PWCFlowNet"])
+def test_image_flow_nets_predict_every_stride_finest_first_near_zero_at_init(name):
+    from segx.modeling.flow.image_flownet import build_image_flow_net
+
+    torch.manual_seed(0)
+    net = build_image_flow_net(name, channels=(8, 16, 16, 24, 32), finest_stride=4)
+    a, b = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    flows = net(a, b)
+    assert net.strides == [4, 8, 16, 32] and len(flows) == 4
+    for s, f in zip(net.strides, flows):
+        assert tuple(f.shape) == (2, 2, 64 // s, 96 // s)
+        assert float(f.abs().max()) < 1.0  # starts near zero flow (input pixels)
+    with pytest.raises(ValueError, match="FINEST_STRIDE"):
+        build_image_flow_net(name, channels=(8, 16), finest_stride=8)
+
+
+def test_local_correlation_peaks_at_the_displacement():
+    from segx.layers import local_correlation
+
+    torch.manual_seed(0)
+    a = torch.randn(1, 16, 20, 20)
+    dx, dy, d = 2, -1, 3
+    b = torch.roll(a, shifts=(dy, dx), dims=(2, 3))  # b(p + (dx, dy)) = a(p)
+    corr = local_correlation(a, b, d)[0, :, 5:15, 5:15]  # away from the borders
+    best = corr.mean((1, 2)).argmax().item()
+    assert (best // (2 * d + 1) - d, best % (2 * d + 1) - d) == (dy, dx)
+
+
+@pytest.mark.slow
+def test_pwc_flow_net_learns_a_translation():
+    """PWCFlowNet with AdamW (the flow stage's optimizer) on random smooth textures shifted by up to ±3 px: the
+    end-point error at stride 4 falls below a third of zero flow's within 150 steps."""
+    from segx.modeling.flow import flow_epe_loss
+    from segx.modeling.flow.image_flownet import PWCFlowNet
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = PWCFlowNet(channels=(8, 16, 24, 32), finest_stride=4)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def pairs(n):
+        tex = F.avg_pool2d(torch.randn(n, 3, 72, 72, generator=g), 5, 1, 2)[:, :, 4:68, 4:68] * 3
+        shift = torch.randint(-3, 4, (n, 2), generator=g)
+        ref = torch.stack([torch.roll(t, shifts=(int(s[1]), int(s[0])), dims=(1, 2)) for t, s in zip(tex, shift)])
+        flow = shift.float().view(n, 2, 1, 1).expand(n, 2, 64, 64)  # target(p) = ref(p + shift)
+        return tex, ref, flow
+
+    def epe(flows, flow):
+        return float(torch.linalg.vector_norm(flows[0] - F.avg_pool2d(flow, 4), dim=1)[:, 2:-2, 2:-2].mean())
+
+    for _ in range(150):
+        tex, ref, flow = pairs(8)
+        loss = flow_epe_loss(net(tex, ref), flow)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tex, ref, flow = pairs(16)
+    with torch.no_grad():
+        zero = float(torch.linalg.vector_norm(flow, dim=1).mean())
+        assert epe(net(tex, ref), flow) < zero / 3, (epe(net(tex, ref), flow), zero)
+
+
+def test_trainer_builds_adamw_with_clipping_and_names_a_bad_optimizer():
+    from segx.engine.train_net import Trainer
+
+    cfg = tiny_cfg("vpsnet", **{"SEGX.SOLVER.OPTIMIZER": "AdamW", "SOLVER.CLIP_GRADIENTS.ENABLED": True})
+    model = build_model(cfg)
+    opt = Trainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and type(opt).__name__ == "AdamWWithGradientClip"
+    cfg.defrost()
+    cfg.SEGX.SOLVER.OPTIMIZER = "Adagrad"
+    with pytest.raises(ValueError, match="SEGX.SOLVER.OPTIMIZER"):
+        Trainer.build_optimizer(cfg, model)

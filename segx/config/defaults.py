@@ -43,6 +43,13 @@ def add_segx_config(cfg):
     # The dataset mapper (segx/data/mappers): "" = the one registered under MODEL.META_ARCHITECTURE (detectron2's
     # DatasetMapper when none is); a name in MAPPER_REGISTRY picks that one (e.g. "DensePose" for GeneralizedRCNN).
     cfg.SEGX.DATA.MAPPER = ""
+    # Optimizer of tools/train_net.py (segx/engine/train_net.py): "SGD" (detectron2's: SOLVER.MOMENTUM, NESTEROV) or
+    # "AdamW" (betas SEGX.SOLVER.ADAM_BETAS); both take SOLVER.BASE_LR, the weight decays, the LR schedule and
+    # SOLVER.CLIP_GRADIENTS. AdamW is for networks without normalisation trained from scratch (VPSNet's PWC flow
+    # stage), where SGD barely moves.
+    cfg.SEGX.SOLVER = CN()
+    cfg.SEGX.SOLVER.OPTIMIZER = "SGD"
+    cfg.SEGX.SOLVER.ADAM_BETAS = (0.9, 0.999)
     add_backbone_config(cfg)
     add_yolact_config(cfg)
     add_yolact_edge_config(cfg)

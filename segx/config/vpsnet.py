@@ -31,14 +31,15 @@ def add_vpsnet_config(cfg):
 
     # Flow between the target and the reference image (segx/modeling/flow/image_flownet.py).
     cfg.MODEL.VPSNET.FLOW = CN()
-    # "ImageFlowNet" (FlowNetS-style, trained by the "flow" stage), "RAFTSmall" / "RAFTLarge" (torchvision's RAFT,
-    # frozen: needs WEIGHTS, e.g. torchvision's raft_large_C_T_SKHT_V2 file).
+    # "ImageFlowNet" (FlowNetS-style) or "PWCFlowNet" (pyramid + warping + cosine cost volume; learns the synthetic
+    # sets' motion where ImageFlowNet did not), both trained by the "flow" stage; "RAFTSmall" / "RAFTLarge"
+    # (torchvision's RAFT, frozen: needs WEIGHTS, e.g. torchvision's raft_large_C_T_SKHT_V2 file).
     cfg.MODEL.VPSNET.FLOW.NAME = "ImageFlowNet"
     # Weights of the flow network alone (a bare state dict, torchvision's RAFT file, or a checkpoint with flow_net.*
     # keys such as the flow stage's model_final.pth). When set, they are loaded when the model is built and the
     # flow_net.* entries of MODEL.WEIGHTS and later checkpoints are ignored.
     cfg.MODEL.VPSNET.FLOW.WEIGHTS = ""
-    # ImageFlowNet: encoder widths, one stride-2 stage each (FlowNetS: 64, 128, 256, 512, 1024).
+    # ImageFlowNet / PWCFlowNet: encoder (pyramid) widths, one stride-2 stage each (FlowNetS: 64, 128, 256, 512, 1024).
     cfg.MODEL.VPSNET.FLOW.ENCODE_CHANNELS = [64, 128, 256, 512, 1024]
     # RAFT: recurrent updates at inference (torchvision's default 12).
     cfg.MODEL.VPSNET.FLOW.NUM_UPDATES = 12

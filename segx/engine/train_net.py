@@ -55,6 +55,23 @@ class Trainer(DefaultTrainer):
         return super().build_hooks()
 
     @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW with ``SEGX.SOLVER.OPTIMIZER: "AdamW"`` (same parameter groups, weight decays
+        and gradient clipping)."""
+        name = cfg.SEGX.SOLVER.OPTIMIZER
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "AdamW":
+            raise ValueError(f"SEGX.SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR, weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SEGX.SOLVER.ADAM_BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluators_for(cfg, dataset_name, output_folder)
 

@@ -5,6 +5,7 @@ op) and the fallback when ``segx._C`` is missing.
 """
 from segx.layers.assemble_masks import assemble_masks, assemble_masks_reference
 from segx.layers.conv import conv_norm_act
+from segx.layers.correlation import local_correlation
 from segx.layers.corner_pool import DIRECTIONS as CORNER_POOL_DIRECTIONS
 from segx.layers.corner_pool import corner_pool, corner_pool_reference
 from segx.layers.deform_conv_reference import deform_conv2d_reference
@@ -20,4 +21,5 @@ __all__ = [
     "deform_conv2d_reference",
     "flow_warp",
     "flow_warp_reference",
+    "local_correlation",
 ]

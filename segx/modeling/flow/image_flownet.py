@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segx.layers import conv_norm_act
+from segx.layers import conv_norm_act, flow_warp, local_correlation
 
-__all__ = ["ImageFlowNet", "TorchvisionRAFT", "resize_flow", "build_image_flow_net", "load_flow_weights",
+__all__ = ["ImageFlowNet", "PWCFlowNet", "TorchvisionRAFT", "resize_flow", "build_image_flow_net", "load_flow_weights",
            "IMAGE_FLOW_NETS"]
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,80 @@ class ImageFlowNet(nn.Module):
         return flows[::-1]
 
 
+def _unit(x):
+    """Features centred per channel (over the map) and scaled to unit length along channels."""
+    x = x - x.mean((2, 3), keepdim=True)
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-6)
+
+
+class PWCFlowNet(nn.Module):
+    """Pyramid, warping and cost volume (PWC-Net, Sun et al., CVPR 2018), small: a feature pyramid shared by both
+    images; from the coarsest level to ``finest_stride``, the reference's features are warped (``flow_warp``) along
+    the 2× upsampled flow of the level below, a local correlation (±``search_range`` pixels of that level) with the
+    target's features is computed, and an estimator (three 3×3 convs) predicts the residual flow from the cost
+    volume, the target's features and the upsampled flow. The cost volume is a cosine similarity (features centred
+    per channel and unit-length along channels): with raw LeakyReLU features the correlation is dominated by their
+    common positive mean and barely depends on the displacement, and neither this network nor ``ImageFlowNet``
+    learned the synthetic sets' few-pixel motions in the iterations a CPU allows (the model card has both).
+
+    Args:
+        channels: pyramid widths, one stride-2 stage (two 3×3 convs) each. finest_stride: stride of the finest flow.
+        search_range: d of the correlation, ``(2d+1)²`` displacements per level.
+    Forward: ``(target, reference)`` ``[B,3,H,W]`` each (H, W multiples of the coarsest stride) → list of flows
+    ``[B,2,H/s,W/s]`` in input pixels, finest first (``strides`` lists s).
+    """
+
+    def __init__(self, channels=(16, 32, 64, 96, 128), finest_stride=4, search_range=4):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        num = len(channels)
+        if num < 2 or finest_stride not in [2 ** i for i in range(1, num + 1)]:
+            raise ValueError(f"PWCFlowNet: ENCODE_CHANNELS needs at least 2 stages and FINEST_STRIDE a stride of "
+                             f"one of them (2..{2 ** num}), got {list(channels)} and {finest_stride}")
+        self.pyramid = nn.ModuleList()
+        c = 3
+        for w in channels:
+            self.pyramid.append(nn.Sequential(_conv(c, w, 2), _conv(w, w)))
+            c = w
+        self.search_range = int(search_range)
+        self.strides = [2 ** i for i in range(num, 0, -1) if 2 ** i >= finest_stride][::-1]  # finest first
+        cost = (2 * self.search_range + 1) ** 2
+        self.estimate = nn.ModuleDict()
+        for i, w in enumerate(channels):
+            s = 2 ** (i + 1)
+            if s >= finest_stride:
+                head = nn.Conv2d(32, 2, 3, padding=1)
+                nn.init.normal_(head.weight, std=1e-3)  # start near zero flow
+                nn.init.zeros_(head.bias)
+                self.estimate[str(s)] = nn.Sequential(_conv(cost + w + 2, 64), _conv(64, 32), head)
+        self.channels, self.finest_stride = channels, finest_stride
+        self.size_divisibility = 2 ** num
+
+    def forward(self, target, reference):
+        x = torch.cat([target, reference], dim=0)  # one pass of the shared pyramid for both images
+        levels = []
+        for stage in self.pyramid:
+            x = stage(x)
+            levels.append(x)
+        B = target.shape[0]
+        flows, flow = [], None
+        for i in range(len(levels) - 1, -1, -1):
+            s = 2 ** (i + 1)
+            if s < self.finest_stride:
+                break
+            a, b = levels[i][:B], levels[i][B:]
+            if flow is None:
+                up = a.new_zeros((B, 2, *a.shape[-2:]))  # level pixels
+                warped = b
+            else:
+                up = F.interpolate(flow, size=a.shape[-2:], mode="bilinear", align_corners=False) / s
+                warped = flow_warp(b, up)
+            cost = local_correlation(_unit(a), _unit(warped), self.search_range) * a.shape[1]  # cosine similarity
+            flow = (up + self.estimate[str(s)](torch.cat([cost, a, up], dim=1))) * s  # input pixels
+            flows.append(flow)
+        return flows[::-1]
+
+
 class TorchvisionRAFT(nn.Module):
     """torchvision's RAFT (``raft_small`` or ``raft_large``), frozen, on VPSNet's normalised images.
 
@@ -151,7 +225,7 @@ class TorchvisionRAFT(nn.Module):
         return self
 
 
-IMAGE_FLOW_NETS = ("ImageFlowNet", "RAFTSmall", "RAFTLarge")
+IMAGE_FLOW_NETS = ("ImageFlowNet", "PWCFlowNet", "RAFTSmall", "RAFTLarge")
 
 
 def build_image_flow_net(name, *, channels=(64, 128, 256, 512, 1024), finest_stride=4, pixel_mean=None,
@@ -159,6 +233,8 @@ def build_image_flow_net(name, *, channels=(64, 128, 256, 512, 1024), finest_str
     """The flow network called ``name`` (one of ``IMAGE_FLOW_NETS``)."""
     if name == "ImageFlowNet":
         return ImageFlowNet(channels, finest_stride)
+    if name == "PWCFlowNet":
+        return PWCFlowNet(channels, finest_stride)
     if name in ("RAFTSmall", "RAFTLarge"):
         return TorchvisionRAFT("small" if name == "RAFTSmall" else "large", pixel_mean, pixel_std, input_format,
                                num_updates)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segx.layers import conv_norm_act, flow_warp
+from segx.layers import conv_norm_act, flow_warp, local_correlation
 
 __all__ = ["FeatureFusion", "TemporalSpatialAttention", "gather_levels", "scatter_levels", "local_correlation"]
 
@@ -69,20 +69,6 @@ def scatter_levels(x, features, refine_level):
         else:
             out.append(x)
     return out
-
-
-def local_correlation(a, b, max_displacement):
-    """``[B,(2d+1)²,H,W]``: channel-mean of ``a(p)·b(p + δ)`` for every displacement δ with |δx|, |δy| ≤ d (zero where
-    ``p + δ`` is outside ``b``), displacements in row-major order (δy outer) — FlowNetC's correlation with a 1-pixel
-    kernel. ``a``, ``b``: ``[B,C,H,W]``."""
-    d = int(max_displacement)
-    H, W = a.shape[-2:]
-    padded = F.pad(b, (d, d, d, d))
-    out = []
-    for dy in range(2 * d + 1):
-        for dx in range(2 * d + 1):
-            out.append((a * padded[:, :, dy:dy + H, dx:dx + W]).mean(1))
-    return torch.stack(out, dim=1)
 
 
 class TemporalSpatialAttention(nn.Module):

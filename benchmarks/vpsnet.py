@@ -156,13 +156,14 @@ def main_evaluate(args):
     rows["VPSNet, new ids every frame (no tracking)"] = evaluate(args.dataset, recs, without_tracking(outs))
     if args.ablate:
         _, aff = load_model(args.config, args.vpsnet, ["MODEL.VPSNET.TRACK.MATCH_COEFFS_TEST", "[]"])
-        rows["VPSNet, matched by embedding affinity alone"] = evaluate(
-            args.dataset, recs, [run_model(aff, inputs)[i] for i in annotated])
+        aff_outs = run_model(aff, inputs)  # every frame once (streams), then the annotated ones scored
+        rows["VPSNet, matched by embedding affinity alone"] = evaluate(args.dataset, recs,
+                                                                       [aff_outs[i] for i in annotated])
         _, nofuse = load_model(args.config, args.vpsnet)
         with torch.no_grad():
             nofuse.fusion.gate.zero_()
-        rows["VPSNet, fusion off (gate 0)"] = evaluate(args.dataset, recs,
-                                                       [run_model(nofuse, inputs)[i] for i in annotated])
+        nofuse_outs = run_model(nofuse, inputs)
+        rows["VPSNet, fusion off (gate 0)"] = evaluate(args.dataset, recs, [nofuse_outs[i] for i in annotated])
     print(f"\n{args.dataset}: {len({r['video_id'] for r in recs})} videos, {len(recs)} annotated frames")
     print_rows(rows)
     return rows

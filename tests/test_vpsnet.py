@@ -372,9 +372,11 @@ def test_export_per_frame_path_torchscript_and_onnx(tmp_path, val_video):
     cfg = tiny_cfg("vpsnet", **{"MODEL.UPSNET.PANOPTIC_SCORE_THRESH_TEST": 0.0, "MODEL.VPSNET.FUSE.ZERO_INIT": False})
     model = build_model(cfg).eval()
     first, second = (x["image"].float() for x in _mapped(cfg, val_video[:2], False))
-    # and at a second size (another aspect ratio): no size is baked into either graph
+    # traced at 128x128, run at 96x160 (another aspect ratio, not a multiple of P6's stride): no size is baked into
+    # either graph (the fusion's pooling between levels once was)
+    first, second = (second_size_image(x, (128, 128)) for x in (first, second))
     report = export_vpsnet(model, first, second, str(tmp_path),
-                           second_images=(second_size_image(first), second_size_image(second)))
+                           second_images=(second_size_image(first, (96, 160)), second_size_image(second, (96, 160))))
     ts_tol, onnx_tol = export_tolerances(model)
     for name in ("first_frame", "next_frame"):
         r = report[name]

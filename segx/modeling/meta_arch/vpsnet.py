@@ -140,10 +140,14 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
 
     @property
     def size_divisibility(self):
-        """Padding of the batched images: the backbone's and the flow network's (both must divide it)."""
+        """Padding of the batched images: the backbone's, the flow network's and the coarsest fused level's stride
+        (all must divide it). With the last, every fused level is exactly 2× the next, so the fusion's resizing
+        between levels is the same pooling at every input size (what lets an exported graph run at any size)."""
         a = super().size_divisibility or 1
         b = getattr(self.flow_net, "size_divisibility", 1) or 1
-        return math.lcm(int(a), int(b))
+        shapes = self.backbone.output_shape()
+        c = max(int(shapes[f].stride) for f in self.fuse_in_features)
+        return math.lcm(int(a), int(b), c)
 
     def new_state(self, stream_id=None):
         """A fresh ``StreamState`` whose ``update`` tracks with this model's ``TrackMatcher``."""

@@ -58,6 +58,10 @@ def add_vpsnet_config(cfg):
     # segx: the residual flow and a per-channel gate on the fused map start at zero, so a new fusion leaves the
     # features unchanged (VPSNet starts as the UPSNet it is built from). False: official random initialisation.
     cfg.MODEL.VPSNET.FUSE.ZERO_INIT = True
+    # segx: pad the input to the coarsest fused level's stride (64 for P6) besides the backbone's 32, so every fused
+    # level is half the previous one. Off: official (the same at sizes that are multiples of 64, e.g. Cityscapes).
+    # Export turns it on while tracing (VPSNet.exportable): a traced graph then runs at any size.
+    cfg.MODEL.VPSNET.FUSE.PAD_TO_COARSEST_STRIDE = False
 
     # Track head (segx/modeling/panoptic/track_head.py; official TrackHead): RoI features of the box pooler ->
     # NUM_FCS fully connected layers of FC_DIM -> embedding.

@@ -176,7 +176,21 @@ def _compare(eager, out):
 def export_model(model, image, output_dir, formats=("torchscript", "onnx"), second_image=None):
     """Traces ``model`` on ``image`` ([3,H,W] tensor), writes the requested formats into ``output_dir``,
     runs them on ``image`` (and on ``second_image``, another size, when given) and returns an ``ExportReport`` with
-    the max difference to eager at each size. The ONNX graph has dynamic image height / width axes."""
+    the max difference to eager at each size. The ONNX graph has dynamic image height / width axes. A model with an
+    ``exportable()`` context (VPSNet) is traced and compared inside it."""
+    with exportable(model):
+        return _export_model(model, image, output_dir, formats, second_image)
+
+
+def exportable(model):
+    """``model.exportable()`` when the model has one (a mode whose traced graph fits every input size), else a no-op
+    context."""
+    import contextlib
+
+    return model.exportable() if hasattr(model, "exportable") else contextlib.nullcontext(model)
+
+
+def _export_model(model, image, output_dir, formats, second_image):
     model.eval()
     os.makedirs(output_dir, exist_ok=True)
     adapter = make_tracing_adapter(model, image)

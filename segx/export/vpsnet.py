@@ -85,7 +85,8 @@ def export_vpsnet(model, first_image, next_image, output_dir, formats=("torchscr
     first, nxt = FirstFrameGraph(model).eval(), NextFrameGraph(model).eval()
     names = OUTPUT_NAMES(model)
     inputs = {"first_frame": ["image"], "next_frame": ["image", "ref_image", *[f"ref_{f}" for f in model.fuse_in_features]]}
-    second = _cases(first, *second_images) if second_images is not None else None
-    return export_graphs({"first_frame": first, "next_frame": nxt}, _cases(first, first_image, next_image), inputs,
-                         {"first_frame": names, "next_frame": names}, output_dir, formats, second,
-                         count=("num_instances", 0), image_inputs=("image", "ref_image"))
+    with model.exportable():  # size-independent pooling in the fusion; eager is compared in the same mode
+        second = _cases(first, *second_images) if second_images is not None else None
+        return export_graphs({"first_frame": first, "next_frame": nxt}, _cases(first, first_image, next_image),
+                             inputs, {"first_frame": names, "next_frame": names}, output_dir, formats, second,
+                             count=("num_instances", 0), image_inputs=("image", "ref_image"))

@@ -23,6 +23,7 @@ the video changes; an input without ``video_id`` is a one-frame video. Training 
 (UPSNet), "flow" (the flow network on pairs with known flow), "video" (pairs: fused features + track loss);
 ``segx/config/vpsnet.py``.
 """
+import contextlib
 import logging
 import math
 
@@ -70,6 +71,8 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
         match_coeffs_test, new_object_iou_test: the inference match score (``TrackMatcher``).
         flow_weights: a file with the flow network's weights, loaded now; its ``flow_net.*`` entries then win over
             those of any checkpoint loaded later.
+        pad_to_fused_stride: also pad the input to the coarsest fused level's stride (``exportable``); off by default
+            (official: the backbone's 32).
     """
 
     stream_state_hint = ": its reference frame and track memory belong to another video"
@@ -77,7 +80,7 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
     @configurable
     def __init__(self, *, flow_net, fusion, track_head, fuse_in_features, train_stage="video", train_modules=(),
                  track_loss_weight=0.5, flow_loss_weight=1.0, match_coeffs_test=(1.0, 2.0, 10.0),
-                 new_object_iou_test=0.0, flow_weights="", **kwargs):
+                 new_object_iou_test=0.0, flow_weights="", pad_to_fused_stride=False, **kwargs):
         super().__init__(**kwargs)
         shapes = self.backbone.output_shape()
         missing = [f for f in fuse_in_features if f not in shapes]
@@ -94,6 +97,7 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
                              f"{list(match_coeffs_test)}")
         self.matcher = TrackMatcher(coeffs, new_object_iou_test)
         self.flow_weights = flow_weights
+        self.pad_to_fused_stride = bool(pad_to_fused_stride)
         if flow_weights:
             load_flow_weights(self.flow_net, flow_weights)
             self._register_load_state_dict_pre_hook(self._keep_flow_weights)
@@ -132,6 +136,7 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
             "match_coeffs_test": tuple(v.TRACK.MATCH_COEFFS_TEST),
             "new_object_iou_test": v.TRACK.NEW_OBJECT_IOU_TEST,
             "flow_weights": v.FLOW.WEIGHTS,
+            "pad_to_fused_stride": v.FUSE.PAD_TO_COARSEST_STRIDE,
         })
         if v.FLOW.NAME.startswith("RAFT") and not v.FLOW.WEIGHTS:
             logger.warning("VPSNet: FLOW.NAME %s without FLOW.WEIGHTS: a frozen RAFT with random weights gives "
@@ -140,14 +145,28 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
 
     @property
     def size_divisibility(self):
-        """Padding of the batched images: the backbone's, the flow network's and the coarsest fused level's stride
-        (all must divide it). With the last, every fused level is exactly 2× the next, so the fusion's resizing
-        between levels is the same pooling at every input size (what lets an exported graph run at any size)."""
+        """Padding of the batched images: the backbone's and the flow network's (both must divide it), and with
+        ``pad_to_fused_stride`` the coarsest fused level's stride too (64 for P6)."""
         a = super().size_divisibility or 1
         b = getattr(self.flow_net, "size_divisibility", 1) or 1
-        shapes = self.backbone.output_shape()
-        c = max(int(shapes[f].stride) for f in self.fuse_in_features)
+        c = 1
+        if self.pad_to_fused_stride:
+            shapes = self.backbone.output_shape()
+            c = max(int(shapes[f].stride) for f in self.fuse_in_features)
         return math.lcm(int(a), int(b), c)
+
+    @contextlib.contextmanager
+    def exportable(self):
+        """Within: ``pad_to_fused_stride`` on. Every fused level is then exactly half the previous one, so the
+        fusion's pooling between levels (adaptive max pooling, as official) is the same at every input size and a
+        traced graph runs at any size; without it a graph traced at 128×128 fails at 96×160 (P6 2×3). The exporters
+        (``segx.export``) trace and check inside this context."""
+        old = self.pad_to_fused_stride
+        self.pad_to_fused_stride = True
+        try:
+            yield self
+        finally:
+            self.pad_to_fused_stride = old
 
     def new_state(self, stream_id=None):
         """A fresh ``StreamState`` whose ``update`` tracks with this model's ``TrackMatcher``."""

@@ -39,6 +39,26 @@ def _conv(in_channels, out_channels, stride=1):
     return conv_norm_act(in_channels, out_channels, 3, stride=stride, norm="", activation=0.1)
 
 
+def _check_stages(name, channels, finest_stride):
+    """``(channels as ints, their number)``; an error naming the network unless there are at least 2 stages and
+    ``finest_stride`` is the stride of one of them."""
+    channels = tuple(int(c) for c in channels)
+    num = len(channels)
+    if num < 2 or finest_stride not in [2 ** i for i in range(1, num + 1)]:
+        raise ValueError(f"{name}: ENCODE_CHANNELS needs at least 2 stages and FINEST_STRIDE a stride of one of them "
+                         f"(2..{2 ** num}), got {list(channels)} and {finest_stride}")
+    return channels, num
+
+
+def _stages(in_channels, channels):
+    """One stride-2 stage (two 3×3 convs) per width of ``channels``."""
+    out = nn.ModuleList()
+    for w in channels:
+        out.append(nn.Sequential(_conv(in_channels, w, 2), _conv(w, w)))
+        in_channels = w
+    return out
+
+
 class ImageFlowNet(nn.Module):
     """FlowNetS-style flow between two normalised images (module docstring).
 
@@ -51,16 +71,8 @@ class ImageFlowNet(nn.Module):
 
     def __init__(self, channels=(64, 128, 256, 512, 1024), finest_stride=4):
         super().__init__()
-        channels = tuple(int(c) for c in channels)
-        num = len(channels)
-        if num < 2 or finest_stride not in [2 ** i for i in range(1, num + 1)]:
-            raise ValueError(f"ImageFlowNet: ENCODE_CHANNELS needs at least 2 stages and FINEST_STRIDE a stride of "
-                             f"one of them (2..{2 ** num}), got {list(channels)} and {finest_stride}")
-        self.encoder = nn.ModuleList()
-        c = 6
-        for w in channels:
-            self.encoder.append(nn.Sequential(_conv(c, w, 2), _conv(w, w)))
-            c = w
+        channels, num = _check_stages(type(self).__name__, channels, finest_stride)
+        self.encoder = _stages(6, channels)
         self.strides = [2 ** i for i in range(num, 0, -1) if 2 ** i >= finest_stride][::-1]  # finest first
         # decoder, coarse to fine: the level of stride s = 2**(i+1) sees encoder stage i and, below the coarsest, the
         # upsampled decoder features and flow of the level below; it predicts a flow (a residual one below the coarsest)
@@ -131,16 +143,8 @@ class PWCFlowNet(nn.Module):
 
     def __init__(self, channels=(16, 32, 64, 96, 128), finest_stride=4, search_range=4):
         super().__init__()
-        channels = tuple(int(c) for c in channels)
-        num = len(channels)
-        if num < 2 or finest_stride not in [2 ** i for i in range(1, num + 1)]:
-            raise ValueError(f"PWCFlowNet: ENCODE_CHANNELS needs at least 2 stages and FINEST_STRIDE a stride of "
-                             f"one of them (2..{2 ** num}), got {list(channels)} and {finest_stride}")
-        self.pyramid = nn.ModuleList()
-        c = 3
-        for w in channels:
-            self.pyramid.append(nn.Sequential(_conv(c, w, 2), _conv(w, w)))
-            c = w
+        channels, num = _check_stages(type(self).__name__, channels, finest_stride)
+        self.pyramid = _stages(3, channels)
         self.search_range = int(search_range)
         self.strides = [2 ** i for i in range(num, 0, -1) if 2 ** i >= finest_stride][::-1]  # finest first
         cost = (2 * self.search_range + 1) ** 2

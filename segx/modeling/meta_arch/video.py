@@ -84,6 +84,18 @@ class VideoMetaArchMixin:
                     m.eval()
         return self
 
+    def forward_training(self, batched_inputs):
+        """"image": the image architecture's training; "flow" / "video": pairs (``ref_image``) through
+        ``flow_losses(images, refs, batched_inputs)`` / ``video_losses(...)``, both normalised and padded alike."""
+        if self.train_stage == "image":
+            return super().forward_training(batched_inputs)
+        self.check_training_inputs(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        refs = self.preprocess_image([{"image": x["ref_image"]} for x in batched_inputs])
+        if self.train_stage == "flow":
+            return self.flow_losses(images, refs, batched_inputs)
+        return self.video_losses(images, refs, batched_inputs)
+
     # ---------------------------------------------------------------------------------------------- streams
     def is_stream_batch(self, batched_inputs):
         """Whether inputs given without a state run as streams: when any carries ``video_id``."""

@@ -309,14 +309,8 @@ class VPSNet(VideoMetaArchMixin, UPSNet):
                         raise ValueError(f"VPSNet: training {_where(x, i)}: '{key}' has no gt_ids (the identities "
                                          "the track loss pairs by); use VPSNet's mapper on a Cityscapes-VPS format set")
 
-    def forward_training(self, batched_inputs):
-        if self.train_stage == "image":
-            return super().forward_training(batched_inputs)
-        self.check_training_inputs(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        refs = self.preprocess_image([{"image": x["ref_image"]} for x in batched_inputs])
-        if self.train_stage == "flow":
-            return self.flow_losses(images, refs, batched_inputs)
+    def video_losses(self, images, refs, batched_inputs):
+        """UPSNet's losses on the fused features of each target and its reference, and ``loss_track``."""
         features = self.backbone(images.tensor)
         ref_features = self.backbone(refs.tensor)
         fused = self.fuse(features, ref_features, images.tensor, refs.tensor)

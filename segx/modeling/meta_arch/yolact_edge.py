@@ -153,16 +153,6 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         return out
 
     # ---------------------------------------------------------------------------------------------- training
-    def forward_training(self, batched_inputs):
-        if self.train_stage == "image":
-            return super().forward_training(batched_inputs)
-        self.check_training_inputs(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        refs = self.preprocess_image([{"image": x["ref_image"]} for x in batched_inputs])
-        if self.train_stage == "flow":
-            return self.flow_losses(images, refs, batched_inputs)
-        return self.video_losses(images, refs, batched_inputs)
-
     def flow_losses(self, images, refs, batched_inputs):
         """``loss_flow``: end-point error at the C3, P4 and P5 sizes of the flow from each image's C3 lateral to
         its reference's, against the known flow (``x["flow"]``, ``[2,H,W]`` pixels of ``x["image"]``:

@@ -9,11 +9,14 @@ YOLACT is the same network without the flow net (``MODEL.META_ARCHITECTURE YOLAC
 the same weights), so both share backbone, FPN, protonet and heads. The frames are the first video of
 ``--dataset`` (segx_videos_val), squared to the input size beforehand (outside the timing), batch 1. For each frame,
 interleaved so machine load hits both alike: a YOLACT frame (``inference``, with postprocessing) and the next frame
-of a YolactEdge stream (``inference(..., state=...)``: a key frame every k frames). Prints the median ms of a YOLACT
-frame, a key frame, a non-key frame, the ratios, and then a second pass with the per-part split (each part's median,
-run step by step with the model's own functions; the steps are checked to give the stream's output).
+of a YolactEdge stream (``inference(..., state=...)``: a key frame every k frames), and the next frame of a second
+stream of the same model with ``NONKEY_PROTOTYPES "warp"`` (non-key frames warp the key frame's prototypes instead of
+running the protonet; not the paper's). Prints the median ms of a YOLACT frame, a key frame, a non-key frame (both
+ways), the ratios, and then a second pass with the per-part split (each part's median, run step by step with the
+model's own functions; the steps are checked to give the stream's output).
 """
 import argparse
+import copy
 import statistics
 import time
 from collections import defaultdict
@@ -30,7 +33,7 @@ from detectron2.modeling import build_model
 
 from segx.config import add_segx_config
 from segx.modeling.flow import warp_features
-from segx.modeling.yolact.edge import bottom_up_until, key_frame_features
+from segx.modeling.yolact.edge import bottom_up_until, warp_prototypes
 from segx.modeling.yolact.inference import square_resize
 
 
@@ -89,8 +92,9 @@ def yolact_parts(model, x, t):
 
 
 def heads_parts(model, x, images, features, t):
-    with t("(of which protonet)"):  # timed apart once more, left out of the sum
-        model.proto_net(features[model.in_features[0]])
+    if "protos" not in features:
+        with t("(of which protonet)"):  # timed apart once more, left out of the sum
+            model.proto_net(features[model.in_features[0]])
     with t("protonet + head"):
         predictions = model.predict(features, images)
     with t("decode (Fast NMS, masks)"):
@@ -118,6 +122,9 @@ def nonkey_parts(model, x, key, t):
             warped = model.refinement(lateral, warped)
     with t("FPN phase 2"):
         features = {first: c3, **fpn.forward_phase2(dict(zip(names, [p3, *warped])))}
+    if model.nonkey_prototypes == "warp":
+        with t("warp prototypes"):
+            features["protos"] = warp_prototypes(key["protos"], flows[names[1]][0])
     return heads_parts(model, x, images, features, t)
 
 
@@ -135,11 +142,14 @@ def main(argv=None):
     cfg, edge = build(args.config, args.weights, args.opts)
     _, yolact = build(args.config, "", args.opts, arch="YOLACT")
     yolact.load_state_dict({k: v for k, v in edge.state_dict().items() if k in yolact.state_dict()})
+    edge.nonkey_prototypes = "compute"
+    edge_warp = copy.deepcopy(edge)
+    edge_warp.nonkey_prototypes = "warp"
     k = edge.key_frame_interval
     frames = video_frames(cfg, args.dataset, args.frames + args.warmup)
-    times = {"YOLACT frame": [], "key frame": [], "non-key frame": []}
-    dets = {"YOLACT frame": [], "key frame": [], "non-key frame": []}
-    state = edge.new_state()
+    names = ("YOLACT frame", "key frame", "non-key frame", "non-key frame, warped prototypes")
+    times, dets = {n: [] for n in names}, {n: [] for n in names}
+    state, warp_state = edge.new_state(), edge_warp.new_state()
     with torch.no_grad():
         for i, x in enumerate(frames):
             t0 = time.perf_counter()
@@ -156,6 +166,12 @@ def main(argv=None):
                 name = "key frame" if key else "non-key frame"
                 times[name].append(dt)
                 dets[name].append(len(out["instances"]))
+            t0 = time.perf_counter()
+            (out,), warp_state = edge_warp.inference([x], state=warp_state)
+            dt = (time.perf_counter() - t0) * 1000
+            if i >= args.warmup and not key:
+                times[names[3]].append(dt)
+                dets[names[3]].append(len(out["instances"]))
     med = {n: statistics.median(v) for n, v in times.items() if v}
     S = cfg.MODEL.YOLACT.INPUT_SIZE
     print(f"{args.config}: {S}x{S}, k = {k}, {args.frames} frames (+{args.warmup} warm-up), batch 1, CPU, "
@@ -164,32 +180,34 @@ def main(argv=None):
     print("|---|---:|---:|---:|")
     for n, v in med.items():
         print(f"| {n} | {v:.1f} | {med['YOLACT frame'] / v:.2f} | {sum(dets[n]) / len(dets[n]):.1f} |")
-    if "key frame" in med and "non-key frame" in med:
-        avg = (med["key frame"] + (k - 1) * med["non-key frame"]) / k
-        print(f"| YolactEdge, mean over k = {k} frames | {avg:.1f} | {med['YOLACT frame'] / avg:.2f} | |")
+    for n in names[2:]:
+        if "key frame" in med and n in med:
+            avg = (med["key frame"] + (k - 1) * med[n]) / k
+            print(f"| YolactEdge ({n[15:] or 'computed prototypes'}), mean over k = {k} frames | {avg:.1f} | "
+                  f"{med['YOLACT frame'] / avg:.2f} | |")
 
     # per-part split, a second pass over the same frames
-    parts = {"YOLACT": Parts(), "non-key": Parts()}
+    parts = {"YOLACT": Parts(), "non-key": Parts(), "warp": Parts()}
     with torch.no_grad():
-        state = edge.new_state()
+        streams = {"non-key": (edge, edge.new_state()), "warp": (edge_warp, edge_warp.new_state())}
         for i, x in enumerate(frames):
             out = yolact_parts(yolact, x, parts["YOLACT"] if i >= args.warmup else Parts())
-            if edge.is_key_frame(state):
-                edge.inference([x], state=state)
-                continue
-            key_features = state.key_features
-            mine = nonkey_parts(edge, x, key_features, parts["non-key"] if i >= args.warmup else Parts())[0]
-            (ref,), state = edge.inference([x], state=state)
-            assert torch.equal(mine["instances"].pred_boxes.tensor, ref["instances"].pred_boxes.tensor), \
-                "the step-by-step non-key path differs from the model's"
-    y, n = parts["YOLACT"].medians(), parts["non-key"].medians()
+            for name, (model, st) in streams.items():
+                if model.is_key_frame(st):
+                    model.inference([x], state=st)
+                    continue
+                mine = nonkey_parts(model, x, st.key_features, parts[name] if i >= args.warmup else Parts())[0]
+                (ref,), _ = model.inference([x], state=st)
+                assert torch.equal(mine["instances"].pred_boxes.tensor, ref["instances"].pred_boxes.tensor), \
+                    "the step-by-step non-key path differs from the model's"
+    y, n, w = (parts[name].medians() for name in ("YOLACT", "non-key", "warp"))
     print("\nper-part medians (ms), second pass")
-    print("| part | YOLACT frame | non-key frame |")
-    print("|---|---:|---:|")
-    for name in dict.fromkeys([*y, *n]):
-        print(f"| {name} | {y.get(name, 0):.1f} | {n.get(name, 0):.1f} |")
+    print("| part | YOLACT frame | non-key frame | non-key frame, warped prototypes |")
+    print("|---|---:|---:|---:|")
+    for name in dict.fromkeys([*y, *n, *w]):
+        print(f"| {name} | {y.get(name, 0):.1f} | {n.get(name, 0):.1f} | {w.get(name, 0):.1f} |")
     total = lambda d: sum(v for name, v in d.items() if not name.startswith("("))  # noqa: E731
-    print(f"| sum | {total(y):.1f} | {total(n):.1f} |")
+    print(f"| sum | {total(y):.1f} | {total(n):.1f} | {total(w):.1f} |")
     floor = sum(n.get(name, 0) for name in ("backbone to C3", "protonet + head", "decode (Fast NMS, masks)"))
     print(f"\nbackbone to C3 + protonet + head + decode alone (a non-key frame with free flow, warp and FPN): "
           f"{floor:.1f} ms, YOLACT / that = {total(y) / floor:.2f}")

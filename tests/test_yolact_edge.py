@@ -204,10 +204,12 @@ def test_interval_one_is_yolact():
         torch.testing.assert_close(a["instances"].scores, b["instances"].scores)
 
 
-def test_identity_transform_reproduces_the_key_frame():
+@pytest.mark.parametrize("protos", ["compute", "warp"])
+def test_identity_transform_reproduces_the_key_frame(protos):
     """With zero flow, scale 1, bias 0 and no refinement, a non-key frame of the key frame's own image has the
-    key frame's features (P3 = ↑P4 + lateral is the phase-1 rule) and outputs."""
-    model = _model(**{"MODEL.YOLACT_EDGE.REFINEMENT": False})
+    key frame's features (P3 = ↑P4 + lateral is the phase-1 rule) and outputs, with computed or warped
+    prototypes."""
+    model = _model(**{"MODEL.YOLACT_EDGE.REFINEMENT": False, "MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
     with torch.no_grad():
         for p in (model.flow_net.predict4, model.flow_net.predict5):
             for m in (p.flow, p.scale, p.bias):
@@ -223,6 +225,38 @@ def test_identity_transform_reproduces_the_key_frame():
         (b,), _ = model.inference([{**x, "frame_index": 1}], state=state)
     assert not b["frame_info"]["key_frame"]
     torch.testing.assert_close(a["instances"].scores, b["instances"].scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["instances"].pred_masks, b["instances"].pred_masks)
+
+
+def test_warped_prototypes_skip_the_protonet_and_follow_the_motion():
+    """NONKEY_PROTOTYPES "warp": non-key frames do not run the protonet; their prototypes are the key frame's
+    moved along the P4 flow, so with a flow net that predicts a uniform shift they equal the shifted key
+    prototypes away from the border."""
+    model = _model(**{"MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": "warp"})
+    calls, protos = [], []
+    model.proto_net.register_forward_hook(lambda *a: calls.append(1))
+    orig = model.predict
+
+    def spy(features, images):
+        out = orig(features, images)
+        protos.append(out["protos"])
+        return out
+
+    model.predict = spy
+    frames = _frames(6)
+    with torch.no_grad():
+        outs = model.inference_on_video(frames, video_id=7)
+    assert [o["frame_info"]["key_frame"] for o in outs] == [True, False, False, False, False, True]
+    assert len(calls) == 2  # the two key frames
+    # a uniform flow of (dx, dy) prototype pixels: units are relative to the map's size
+    k, Hp, Wp = protos[0].shape[1:]
+    dx, dy = 2.0, 1.0
+    flow = pixels_to_units(torch.tensor([dx, dy]).view(1, 2, 1, 1).expand(1, 2, Hp, Wp), (Hp - 1, Wp - 1))
+    from segx.modeling.yolact.edge import warp_prototypes
+
+    coarse = torch.nn.functional.interpolate(flow, size=(Hp // 4, Wp // 4), mode="bilinear", align_corners=False)
+    moved = warp_prototypes(protos[0], coarse)
+    torch.testing.assert_close(moved[..., 2:-3, 2:-3], protos[0][..., 3:-2, 4:-1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["image", "flow", "video"])
@@ -469,21 +503,26 @@ def test_converter_round_trip_and_refusal(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ export
-def test_export_both_paths(tmp_path):
+@pytest.mark.parametrize("protos", ["compute", "warp"])
+def test_export_both_paths(tmp_path, protos):
     pytest.importorskip("onnxruntime")
     from segx.export import export_tolerances
     from segx.export.yolact_edge import export_yolact_edge
 
-    model = _model(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0})
+    model = _model(**{"MODEL.YOLACT.SCORE_THRESH_TEST": 0.0, "MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
     frames = _frames(2)
-    report = export_yolact_edge(model, frames[0]["image"], frames[1]["image"], str(tmp_path))
+    second = [torch.nn.functional.interpolate(x["image"][None], size=(96, 160), mode="bilinear")[0] for x in frames]
+    report = export_yolact_edge(model, frames[0]["image"], frames[1]["image"], str(tmp_path), second_images=second)
     ts_tol, onnx_tol = export_tolerances(model)
     for path in ("key_frame", "nonkey_frame"):
         r = report[path]
         assert r["num_detections"] > 0
         assert r["torchscript_max_diff"] <= ts_tol, (path, r)
         assert r["onnx_max_diff"] <= onnx_tol, (path, r)
-    assert report["key_frame"]["output_shapes"][4:] == [[1, 32, 16, 16], [1, 32, 8, 8], [1, 32, 4, 4]]
+        r2 = r["second_size"]
+        assert r2["torchscript_max_diff"] <= ts_tol and r2["onnx_max_diff"] <= onnx_tol, (path, r2)
+    assert report["key_frame"]["output_shapes"][4:] == [[1, 32, 16, 16], [1, 32, 8, 8], [1, 32, 4, 4]] + (
+        [list(model.predict(*_features_of(model, frames[0]))["protos"].shape)] if protos == "warp" else [])
     # the exported non-key graph with the exported key features equals streaming in eager
     loaded_key = torch.jit.load(report["key_frame"]["torchscript"])
     loaded_nonkey = torch.jit.load(report["nonkey_frame"]["torchscript"])
@@ -493,6 +532,11 @@ def test_export_both_paths(tmp_path):
         _, state = model.inference([frames[0]], state=model.new_state())
         (res,), _ = model.inference([frames[1]], state=state, do_postprocess=False)
     torch.testing.assert_close(boxes, res.pred_boxes.tensor)
+
+
+def _features_of(model, x):
+    images = model.preprocess_image([x])
+    return model.extract_features(images, [x]), images
 
 
 # ------------------------------------------------------------------------------------------------ training (slow)

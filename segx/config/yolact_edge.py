@@ -55,3 +55,9 @@ def add_yolact_edge_config(cfg):
     # Video stage: also train on the annotated frame's full (key-frame) path, loss names suffixed "_full"
     # (official base_backward).
     cfg.MODEL.YOLACT_EDGE.FULL_FRAME_LOSS = True
+
+    # Prototypes of a non-key frame: "compute" runs the protonet on its P3 (official); "warp" moves the key frame's
+    # prototypes along the P4 flow instead and skips the protonet (not the paper's: faster on a CPU, where the
+    # protonet is a third of a non-key frame at 550, at some mask accuracy; projects/YolactEdge/README.md).
+    # Inference only: training is the same with either.
+    cfg.MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES = "compute"

@@ -7,6 +7,8 @@ disk, ONNX in onnxruntime).
 * non-key frame (``NonKeyFrameGraph``): ``image``, ``lateral``, ``p4``, ``p5`` → ``boxes``, ``scores``,
   ``classes``, ``masks``.
 
+With ``MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES "warp"`` the key features end with ``protos`` (``[1,k,Hp,Wp]``) as well.
+
 A runtime keeps the key features a key-frame graph returned and feeds them to the non-key graph for the next k-1
 frames. No image size is baked in: the image inputs (and every output) have dynamic axes in ONNX, and
 ``export_yolact_edge(..., second_images=(key, nonkey))`` checks both files at a second size too. ``flow_warp`` is exported as its ``grid_sample`` reference in ONNX (opset 16 ``GridSample``), as the kernel
@@ -19,16 +21,23 @@ import torch
 from torch import nn
 
 from segx.export.graphs import export_graphs
-from segx.modeling.yolact.edge import key_frame_features, partial_feature_transform
+from segx.modeling.yolact.edge import key_frame_features, partial_feature_transform, warp_prototypes
 
-__all__ = ["KeyFrameGraph", "NonKeyFrameGraph", "export_yolact_edge", "OUTPUT_NAMES"]
+__all__ = ["KeyFrameGraph", "NonKeyFrameGraph", "export_yolact_edge", "OUTPUT_NAMES", "INPUT_NAMES", "key_names"]
 
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "masks")
 
 
+def key_names(model):
+    """The key features a key-frame graph returns and a non-key graph takes: ``lateral``, ``p4``, ``p5``, and
+    ``protos`` with ``NONKEY_PROTOTYPES "warp"``."""
+    return ["lateral", *model.backbone.phase1_features[1:], *(["protos"] if model.nonkey_prototypes == "warp" else [])]
+
+
 def _detections(model, features, images, inputs):
-    inst = model.decode(model.predict(features, images), images, inputs)[0]
-    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes, inst.pred_masks
+    predictions = model.predict(features, images)
+    inst = model.decode(predictions, images, inputs)[0]
+    return (inst.pred_boxes.tensor, inst.scores, inst.pred_classes, inst.pred_masks), predictions
 
 
 class KeyFrameGraph(nn.Module):
@@ -37,13 +46,15 @@ class KeyFrameGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.key_names = ["lateral", *model.backbone.phase1_features[1:]]
+        self.key_names = key_names(model)
 
     def forward(self, image):
         m, inputs = self.model, [{"image": image}]
         images = m.preprocess_image(inputs)
         features, key, _ = key_frame_features(m.backbone, images.tensor)
-        return (*_detections(m, features, images, inputs), *[key[k] for k in self.key_names])
+        detections, predictions = _detections(m, features, images, inputs)
+        key["protos"] = predictions["protos"]
+        return (*detections, *[key[k] for k in self.key_names])
 
 
 class NonKeyFrameGraph(nn.Module):
@@ -52,18 +63,24 @@ class NonKeyFrameGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.key_names = ["lateral", *model.backbone.phase1_features[1:]]
+        self.key_names = key_names(model)
 
-    def forward(self, image, lateral, p4, p5):
+    def forward(self, image, *key_features):
         m, inputs = self.model, [{"image": image}]
         images = m.preprocess_image(inputs)
-        key = dict(zip(self.key_names, (lateral, p4, p5)))
-        features, _, _ = partial_feature_transform(m.backbone, m.flow_net, m.refinement, images.tensor, key)
-        return _detections(m, features, images, inputs)
+        key = dict(zip(self.key_names, key_features))
+        features, _, flows = partial_feature_transform(m.backbone, m.flow_net, m.refinement, images.tensor, key)
+        if "protos" in key:
+            features["protos"] = warp_prototypes(key["protos"], flows[m.backbone.phase1_features[1]][0])
+        return _detections(m, features, images, inputs)[0]
 
 
-OUTPUT_NAMES = {"key_frame": [*DETECTION_OUTPUTS, "lateral", "p4", "p5"], "nonkey_frame": list(DETECTION_OUTPUTS)}
-INPUT_NAMES = {"key_frame": ["image"], "nonkey_frame": ["image", "lateral", "p4", "p5"]}
+def OUTPUT_NAMES(model):  # noqa: N802  (a table, computed from the model's NONKEY_PROTOTYPES)
+    return {"key_frame": [*DETECTION_OUTPUTS, *key_names(model)], "nonkey_frame": list(DETECTION_OUTPUTS)}
+
+
+def INPUT_NAMES(model):  # noqa: N802
+    return {"key_frame": ["image"], "nonkey_frame": ["image", *key_names(model)]}
 
 
 def _cases(key_graph, nonkey_graph, key_image, nonkey_image):
@@ -84,5 +101,5 @@ def export_yolact_edge(model, key_image, nonkey_image, output_dir, formats=("tor
     key_graph, nonkey_graph = KeyFrameGraph(model).eval(), NonKeyFrameGraph(model).eval()
     graphs = {"key_frame": key_graph, "nonkey_frame": nonkey_graph}
     second = _cases(key_graph, nonkey_graph, *second_images) if second_images is not None else None
-    return export_graphs(graphs, _cases(key_graph, nonkey_graph, key_image, nonkey_image), INPUT_NAMES,
-                         OUTPUT_NAMES, output_dir, formats, second, count=("num_detections", 1))
+    return export_graphs(graphs, _cases(key_graph, nonkey_graph, key_image, nonkey_image), INPUT_NAMES(model),
+                         OUTPUT_NAMES(model), output_dir, formats, second, count=("num_detections", 1))

@@ -145,9 +145,13 @@ class YOLACT(SegxMetaArch):
         """``{"protos": [B,k,Hp,Wp]`` (ReLU), ``"box_deltas": [B,P,4]``, ``"logits": [B,P,C+1]``, ``"coeffs": [B,P,k]``,
         ``"priors": [P,4]`` (cx, cy, w, h in input pixels), in training ``"sem_seg": [B,C,H3,W3]`` logits, in
         inference ``"priors_relative": [P,4]`` (the same anchors in fractions of the input, computed as the official
-        code does; ``decode`` works in these units)}."""
+        code does; ``decode`` works in these units)}. ``features["protos"]``, where given (prototypes a video model
+        carried over from another frame), is used instead of running the protonet."""
         feats = [features[f] for f in self.in_features]
-        out = {"protos": F.relu(self.proto_net(feats[0])), **self.head(feats), "priors": self.priors(feats)}
+        protos = features.get("protos")
+        if protos is None:
+            protos = F.relu(self.proto_net(feats[0]))
+        out = {"protos": protos, **self.head(feats), "priors": self.priors(feats)}
         if self.training and self.semantic_seg_conv is not None:
             out["sem_seg"] = self.semantic_seg_conv(feats[0])
         if not self.training:

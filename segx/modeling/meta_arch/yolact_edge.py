@@ -7,7 +7,9 @@ A subclass of ``YOLACT``: the heads, priors, losses, decoding and postprocessing
   keeps the C3 lateral and the phase-1 P4/P5 (``state.key_features``, ``state.key_frame_index``);
 * non-key frame: the backbone to C3, ``FeatFlowNet`` between the C3 laterals, the key frame's P4/P5 warped with
   ``segx.layers.flow_warp`` (×scale + bias), P3 from C3 and the warped P4, the feature refinement, the FPN's
-  phase 2, then protonet and heads (``segx.modeling.yolact.edge.partial_feature_transform``).
+  phase 2, then protonet and heads (``segx.modeling.yolact.edge.partial_feature_transform``). With
+  ``nonkey_prototypes="warp"`` (``MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES``, not the paper's) the key frame's
+  prototypes are warped too and the protonet does not run (``warp_prototypes``).
 
 Streams: ``inference(frames, state=model.new_state())`` for one video's frames in order; in detectron2's evaluation
 (no state), inputs that carry ``video_id`` (and ``frame_index``) run as streams, one state per video, reset when
@@ -29,11 +31,13 @@ from segx.modeling.yolact import YolactFPN
 from segx.modeling.yolact.edge import (
     FM_LOSS_LOCATIONS,
     FM_LOSS_TYPES,
+    NONKEY_PROTOTYPES,
     FeatureRefinement,
     bottom_up_until,
     feature_matching_loss,
     key_frame_features,
     partial_feature_transform,
+    warp_prototypes,
 )
 
 __all__ = ["YolactEdge", "TRAIN_STAGES"]
@@ -55,6 +59,8 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
             eval mode.
         flow_loss_weight, fm_loss ("cosine", "smooth_l1", "none"), fm_loss_locations ("L", "P", "L+P"),
         fm_loss_weight, full_frame_loss: the stages' losses.
+        nonkey_prototypes: "compute" (official: the protonet on the non-key frame's P3) or "warp" (the key frame's
+            prototypes warped with the P4 flow; inference only, training is unchanged).
     """
 
     consecutive_frames = "non-key frames warp the key frame's features"
@@ -62,7 +68,7 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
     @configurable
     def __init__(self, *, flow_net, refinement=None, key_frame_interval=5, train_stage="video", train_modules=(),
                  flow_loss_weight=1.0, fm_loss="cosine", fm_loss_locations="L+P", fm_loss_weight=1.0,
-                 full_frame_loss=True, **kwargs):
+                 full_frame_loss=True, nonkey_prototypes="compute", **kwargs):
         super().__init__(**kwargs)
         fpn = self.backbone
         if not isinstance(fpn, YolactFPN) or len(fpn.in_features) != 3:
@@ -77,6 +83,10 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         if fm_loss not in FM_LOSS_TYPES or fm_loss_locations not in FM_LOSS_LOCATIONS:
             raise ValueError(f"YolactEdge: FM_LOSS must be one of {FM_LOSS_TYPES} and FM_LOSS_LOCATIONS one of "
                              f"{FM_LOSS_LOCATIONS}, got {fm_loss!r}, {fm_loss_locations!r}")
+        if nonkey_prototypes not in NONKEY_PROTOTYPES:
+            raise ValueError(f"YolactEdge: NONKEY_PROTOTYPES must be one of {NONKEY_PROTOTYPES}, "
+                             f"got {nonkey_prototypes!r}")
+        self.nonkey_prototypes = nonkey_prototypes
         self.flow_net, self.refinement = flow_net, refinement
         self.key_frame_interval = int(key_frame_interval)
         self.flow_loss_weight, self.fm_loss, self.fm_loss_locations = flow_loss_weight, fm_loss, fm_loss_locations
@@ -103,6 +113,7 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
             "fm_loss_locations": e.FM_LOSS_LOCATIONS,
             "fm_loss_weight": e.FM_LOSS_WEIGHT,
             "full_frame_loss": e.FULL_FRAME_LOSS,
+            "nonkey_prototypes": e.NONKEY_PROTOTYPES,
         })
         return ret
 
@@ -126,8 +137,11 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         if state is None:
             return super().extract_features(images, batched_inputs)
         if not self.is_key_frame(state):
-            features, _, _ = partial_feature_transform(self.backbone, self.flow_net, self.refinement, images.tensor,
-                                                       state.key_features)
+            features, _, flows = partial_feature_transform(self.backbone, self.flow_net, self.refinement,
+                                                           images.tensor, state.key_features)
+            if self.nonkey_prototypes == "warp":
+                features["protos"] = warp_prototypes(state.key_features["protos"],
+                                                     flows[self.backbone.phase1_features[1]][0])
             return features
         features, key, _ = key_frame_features(self.backbone, images.tensor)
         features["key_features"] = {k: v.detach() for k, v in key.items()}
@@ -135,6 +149,8 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
 
     def update_state(self, state, features, predictions, results):
         key = features.get("key_features")
+        if key is not None and self.nonkey_prototypes == "warp":
+            key = {**key, "protos": predictions["protos"].detach()}
         if key is not None:
             state.key_features, state.key_frame_index = key, state.frame_index
         super().update_state(state, features, predictions, results)

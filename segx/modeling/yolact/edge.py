@@ -10,6 +10,9 @@ Non-key frame (``partial_feature_transform``), with the FPN of ``segx.modeling.y
 4. P3 = bilinear↑(warped P4) + lateral (the phase-1 rule, with the warped P4);
 5. refinement of P4, P5 with the lateral (``FeatureRefinement``, official ``SPA``);
 6. the FPN's phase 2 (output convs, P6/P7), then protonet and heads as YOLACT.
+
+``NONKEY_PROTOTYPES "warp"`` (not the paper's, off by default) skips the protonet on non-key frames as well: the key
+frame's prototypes are warped with the finest (P4) flow, resized to their size (``warp_prototypes``).
 """
 import torch
 import torch.nn.functional as F
@@ -19,10 +22,13 @@ from segx.layers import conv_norm_act
 from segx.modeling.flow import warp_features
 
 __all__ = ["FeatureRefinement", "bottom_up_until", "key_frame_features", "partial_feature_transform",
-           "feature_matching_loss", "FM_LOSS_TYPES", "FM_LOSS_LOCATIONS"]
+           "warp_prototypes", "feature_matching_loss", "FM_LOSS_TYPES", "FM_LOSS_LOCATIONS", "NONKEY_PROTOTYPES"]
 
 FM_LOSS_TYPES = ("cosine", "smooth_l1", "none")
 FM_LOSS_LOCATIONS = ("L", "P", "L+P")
+# what a non-key frame does for its prototypes: "compute" = the protonet on its P3 (official), "warp" = the key
+# frame's prototypes moved along the flow (faster, not the paper's)
+NONKEY_PROTOTYPES = ("compute", "warp")
 
 
 class FeatureRefinement(nn.Module):
@@ -102,6 +108,15 @@ def partial_feature_transform(fpn, flow_net, refinement, x, key):
         warped = refinement(lateral, warped)
     phase1 = dict(zip(names, [p3, *warped]))
     return {first: c3, **fpn.forward_phase2(phase1)}, phase1, flows
+
+
+def warp_prototypes(protos, flow):
+    """The key frame's prototypes ``[B,k,Hp,Wp]`` moved to the current frame: ``flow`` ``[B,2,h,w]`` in official
+    units (a flow net prediction at any level; the units are relative to the map's size, so the field is only
+    resized bilinearly to ``Hp×Wp``), then ``flow_warp``. No scale or bias: the flow net predicts those per FPN
+    channel, not per prototype. Bilinear sampling of non-negative prototypes stays non-negative (no ReLU needed)."""
+    flow = F.interpolate(flow, size=protos.shape[-2:], mode="bilinear", align_corners=False)
+    return warp_features(protos, flow)
 
 
 def feature_matching_loss(predicted, target, output_convs, loss_type="cosine", locations="L+P"):

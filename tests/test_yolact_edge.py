@@ -288,7 +288,26 @@ def test_training_stage_step(stage):
         assert not any(p.requires_grad for p in [*model.flow_net.parameters(), *model.refinement.parameters()])
 
 
+@pytest.mark.parametrize("protos", ["compute", "warp"])
+def test_video_stage_warped_path_mask_loss(protos):
+    """The warped path's mask loss trains the protonet with computed prototypes; with warped ones it does not (they
+    are the key frame's, computed without gradients) and reaches the flow net through the prototype warp."""
+    cfg = tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_STAGE": "video",
+                                     "MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    mapper = build_mapper(cfg, is_train=True)
+    records = DatasetCatalog.get("segx_videos_train")
+    losses = model([mapper(records[i]) for i in (3, 31)])
+    losses["loss_mask"].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("flow_net.") for n in grads)
+    assert any(n.startswith("proto_net.") for n in grads) == (protos == "compute")
+
+
 def test_bad_config_values():
+    with pytest.raises(ValueError, match="NONKEY_PROTOTYPES"):
+        build_model(tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": "reuse"}))
     with pytest.raises(ValueError, match="TRAIN_MODULES entry 'flownet'"):
         build_model(tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_MODULES": ["flownet"]}))
     with pytest.raises(ValueError, match="KEY_FRAME_INTERVAL"):

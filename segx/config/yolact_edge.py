@@ -59,5 +59,6 @@ def add_yolact_edge_config(cfg):
     # Prototypes of a non-key frame: "compute" runs the protonet on its P3 (official); "warp" moves the key frame's
     # prototypes along the P4 flow instead and skips the protonet (not the paper's: faster on a CPU, where the
     # protonet is a third of a non-key frame at 550, at some mask accuracy; projects/YolactEdge/README.md).
-    # Inference only: training is the same with either.
+    # The video stage trains the warped path the same way (its mask loss then reaches the flow net through the
+    # prototype warp).
     cfg.MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES = "compute"

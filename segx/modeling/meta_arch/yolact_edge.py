@@ -20,6 +20,7 @@ import contextlib
 import time
 
 import torch
+import torch.nn.functional as F
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -60,7 +61,7 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         flow_loss_weight, fm_loss ("cosine", "smooth_l1", "none"), fm_loss_locations ("L", "P", "L+P"),
         fm_loss_weight, full_frame_loss: the stages' losses.
         nonkey_prototypes: "compute" (official: the protonet on the non-key frame's P3) or "warp" (the key frame's
-            prototypes warped with the P4 flow; inference only, training is unchanged).
+            prototypes warped with the P4 flow, at inference and on the video stage's warped path).
     """
 
     consecutive_frames = "non-key frames warp the key frame's features"
@@ -195,14 +196,19 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         return units
 
     def video_losses(self, images, refs, batched_inputs):
-        """YOLACT's losses on the warped path (key frame = ``ref_image``), ``<loss>_full`` on the full path
-        (``full_frame_loss``), and ``loss_feature_matching`` between the two paths' P4/P5."""
+        """YOLACT's losses on the warped path (key frame = ``ref_image``; with ``nonkey_prototypes="warp"`` its
+        prototypes are the key frame's, warped), ``<loss>_full`` on the full path (``full_frame_loss``), and
+        ``loss_feature_matching`` between the two paths' P4/P5."""
         with torch.no_grad():
-            _, key, _ = key_frame_features(self.backbone, refs.tensor)
+            key_full, key, _ = key_frame_features(self.backbone, refs.tensor)
+            if self.nonkey_prototypes == "warp":
+                key["protos"] = F.relu(self.proto_net(key_full[self.in_features[0]]))
         with contextlib.nullcontext() if self.full_frame_loss else torch.no_grad():
             full_features, _, full_phase1 = key_frame_features(self.backbone, images.tensor)
-        features, phase1, _ = partial_feature_transform(self.backbone, self.flow_net, self.refinement, images.tensor,
-                                                        key)
+        features, phase1, flows = partial_feature_transform(self.backbone, self.flow_net, self.refinement,
+                                                            images.tensor, key)
+        if self.nonkey_prototypes == "warp":  # the mask loss of the warped path reaches the flow net through the warp
+            features["protos"] = warp_prototypes(key["protos"], flows[self.backbone.phase1_features[1]][0])
         losses = self.losses(self.predict(features, images), batched_inputs, images)
         if self.full_frame_loss:
             full = self.losses(self.predict(full_features, images), batched_inputs, images)

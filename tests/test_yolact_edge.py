@@ -259,18 +259,22 @@ def test_warped_prototypes_skip_the_protonet_and_follow_the_motion():
     torch.testing.assert_close(moved[..., 2:-3, 2:-3], protos[0][..., 3:-2, 4:-1], rtol=1e-5, atol=1e-5)
 
 
+def _training_losses(stage, **overrides):
+    """A tiny YolactEdge in training mode for ``stage`` and its losses on two mapped records of the synthetic videos."""
+    cfg = tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_STAGE": stage, **overrides})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    mapper = build_mapper(cfg, is_train=True)
+    records = DatasetCatalog.get("segx_videos_train")
+    return model, model([mapper(records[i]) for i in (3, 31)])
+
+
 @pytest.mark.parametrize("stage", ["image", "flow", "video"])
 def test_training_stage_step(stage):
     modules = {"image": [], "flow": [], "video": ["flow_net", "refinement", "backbone.output_convs",
                                                              "backbone.downsample_convs", "proto_net", "head",
                                                              "semantic_seg_conv"]}[stage]
-    cfg = tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_STAGE": stage,
-                                     "MODEL.YOLACT_EDGE.TRAIN_MODULES": modules})
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    mapper = build_mapper(cfg, is_train=True)
-    records = DatasetCatalog.get("segx_videos_train")
-    losses = model([mapper(records[i]) for i in (3, 31)])
+    model, losses = _training_losses(stage, **{"MODEL.YOLACT_EDGE.TRAIN_MODULES": modules})
     expected = {"image": {"loss_box_reg", "loss_cls", "loss_mask", "loss_sem_seg"}, "flow": {"loss_flow"},
                 "video": {"loss_box_reg", "loss_cls", "loss_mask", "loss_sem_seg", "loss_box_reg_full",
                           "loss_cls_full", "loss_mask_full", "loss_sem_seg_full", "loss_feature_matching"}}[stage]
@@ -292,13 +296,7 @@ def test_training_stage_step(stage):
 def test_video_stage_warped_path_mask_loss(protos):
     """The warped path's mask loss trains the protonet with computed prototypes; with warped ones it does not (they
     are the key frame's, computed without gradients) and reaches the flow net through the prototype warp."""
-    cfg = tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_STAGE": "video",
-                                     "MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    mapper = build_mapper(cfg, is_train=True)
-    records = DatasetCatalog.get("segx_videos_train")
-    losses = model([mapper(records[i]) for i in (3, 31)])
+    model, losses = _training_losses("video", **{"MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
     losses["loss_mask"].backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any(n.startswith("flow_net.") for n in grads)

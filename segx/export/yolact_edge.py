@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from segx.export.graphs import export_graphs
-from segx.modeling.yolact.edge import key_frame_features, partial_feature_transform, warp_prototypes
+from segx.modeling.yolact.edge import key_frame_features, partial_feature_transform
 
 __all__ = ["KeyFrameGraph", "NonKeyFrameGraph", "export_yolact_edge", "OUTPUT_NAMES", "INPUT_NAMES", "key_names"]
 
@@ -69,9 +69,7 @@ class NonKeyFrameGraph(nn.Module):
         m, inputs = self.model, [{"image": image}]
         images = m.preprocess_image(inputs)
         key = dict(zip(self.key_names, key_features))
-        features, _, flows = partial_feature_transform(m.backbone, m.flow_net, m.refinement, images.tensor, key)
-        if "protos" in key:
-            features["protos"] = warp_prototypes(key["protos"], flows[m.backbone.phase1_features[1]][0])
+        features, _, _ = partial_feature_transform(m.backbone, m.flow_net, m.refinement, images.tensor, key)
         return _detections(m, features, images, inputs)[0]
 
 

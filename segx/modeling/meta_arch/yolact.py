@@ -149,14 +149,16 @@ class YOLACT(SegxMetaArch):
         carried over from another frame), is used instead of running the protonet."""
         feats = [features[f] for f in self.in_features]
         protos = features.get("protos")
-        if protos is None:
-            protos = F.relu(self.proto_net(feats[0]))
-        out = {"protos": protos, **self.head(feats), "priors": self.priors(feats)}
+        out = {"protos": self.prototypes(feats[0]) if protos is None else protos, **self.head(feats), "priors": self.priors(feats)}
         if self.training and self.semantic_seg_conv is not None:
             out["sem_seg"] = self.semantic_seg_conv(feats[0])
         if not self.training:
             out["priors_relative"] = self.priors(feats, relative=True)
         return out
+
+    def prototypes(self, p3):
+        """The protonet on the first head level ``[B,C,H3,W3]`` → ``[B,k,Hp,Wp]`` prototypes (ReLU)."""
+        return F.relu(self.proto_net(p3))
 
     def match(self, gt_instances, image_sizes, priors, proto_size, segm_size=None):
         """Training targets (``segx.modeling.yolact.match_targets``): GT scaled by S/w, S/h of each given image."""

@@ -20,7 +20,6 @@ import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -38,7 +37,6 @@ from segx.modeling.yolact.edge import (
     feature_matching_loss,
     key_frame_features,
     partial_feature_transform,
-    warp_prototypes,
 )
 
 __all__ = ["YolactEdge", "TRAIN_STAGES"]
@@ -138,11 +136,8 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         if state is None:
             return super().extract_features(images, batched_inputs)
         if not self.is_key_frame(state):
-            features, _, flows = partial_feature_transform(self.backbone, self.flow_net, self.refinement,
-                                                           images.tensor, state.key_features)
-            if self.nonkey_prototypes == "warp":
-                features["protos"] = warp_prototypes(state.key_features["protos"],
-                                                     flows[self.backbone.phase1_features[1]][0])
+            features, _, _ = partial_feature_transform(self.backbone, self.flow_net, self.refinement, images.tensor,
+                                                       state.key_features)
             return features
         features, key, _ = key_frame_features(self.backbone, images.tensor)
         features["key_features"] = {k: v.detach() for k, v in key.items()}
@@ -201,14 +196,12 @@ class YolactEdge(VideoMetaArchMixin, YOLACT):
         ``loss_feature_matching`` between the two paths' P4/P5."""
         with torch.no_grad():
             key_full, key, _ = key_frame_features(self.backbone, refs.tensor)
-            if self.nonkey_prototypes == "warp":
-                key["protos"] = F.relu(self.proto_net(key_full[self.in_features[0]]))
+            if self.nonkey_prototypes == "warp":  # the warped path then warps these (partial_feature_transform)
+                key["protos"] = self.prototypes(key_full[self.in_features[0]])
         with contextlib.nullcontext() if self.full_frame_loss else torch.no_grad():
             full_features, _, full_phase1 = key_frame_features(self.backbone, images.tensor)
-        features, phase1, flows = partial_feature_transform(self.backbone, self.flow_net, self.refinement,
-                                                            images.tensor, key)
-        if self.nonkey_prototypes == "warp":  # the mask loss of the warped path reaches the flow net through the warp
-            features["protos"] = warp_prototypes(key["protos"], flows[self.backbone.phase1_features[1]][0])
+        features, phase1, _ = partial_feature_transform(self.backbone, self.flow_net, self.refinement, images.tensor,
+                                                        key)
         losses = self.losses(self.predict(features, images), batched_inputs, images)
         if self.full_frame_loss:
             full = self.losses(self.predict(full_features, images), batched_inputs, images)

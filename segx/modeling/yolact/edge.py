@@ -90,7 +90,8 @@ def partial_feature_transform(fpn, flow_net, refinement, x, key):
     """A non-key frame (module docstring, steps 1–6 up to phase 2) on images ``x`` ``[B,3,S,S]`` with the key
     frame's ``key`` dict (``key_frame_features``).
 
-    Returns ``(features, phase1, flows)``: ``features`` = C3 and P3..P7; ``phase1`` = the transformed phase-1
+    Returns ``(features, phase1, flows)``: ``features`` = C3 and P3..P7 (and ``"protos"``, the key frame's
+    prototypes warped, where ``key`` has ``"protos"``); ``phase1`` = the transformed phase-1
     maps P3..P5 (after refinement; the feature-matching loss compares them); ``flows`` =
     ``{level: (flow, scale, bias)}`` at P4, P5.
     """
@@ -107,7 +108,10 @@ def partial_feature_transform(fpn, flow_net, refinement, x, key):
     if refinement is not None:
         warped = refinement(lateral, warped)
     phase1 = dict(zip(names, [p3, *warped]))
-    return {first: c3, **fpn.forward_phase2(phase1)}, phase1, flows
+    features = {first: c3, **fpn.forward_phase2(phase1)}
+    if "protos" in key:  # NONKEY_PROTOTYPES "warp": YOLACT.predict then uses these instead of its protonet
+        features["protos"] = warp_prototypes(key["protos"], flows[names[1]][0])
+    return features, phase1, flows
 
 
 def warp_prototypes(protos, flow):

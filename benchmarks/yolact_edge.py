@@ -13,7 +13,9 @@ of a YolactEdge stream (``inference(..., state=...)``: a key frame every k frame
 stream of the same model with ``NONKEY_PROTOTYPES "warp"`` (non-key frames warp the key frame's prototypes instead of
 running the protonet; not the paper's). Prints the median ms of a YOLACT frame, a key frame, a non-key frame (both
 ways), the ratios, and then a second pass with the per-part split (each part's median, run step by step with the
-model's own functions; the steps are checked to give the stream's output).
+model's own functions; the steps are checked to give the stream's output), and last the same split in GFLOPs
+on one non-key frame (torch's FlopCounterMode): the ratio a non-key frame reaches if every part ran at the same
+speed per FLOP, i.e. what the method itself saves.
 """
 import argparse
 import copy
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import segx  # noqa: F401
 from detectron2.checkpoint import DetectionCheckpointer
@@ -78,6 +81,17 @@ class Parts:
 
     def medians(self):
         return {k: statistics.median(v) for k, v in self.times.items()}
+
+
+class FlopParts(Parts):
+    """``Parts`` counting GFLOPs (torch's FlopCounterMode: convolutions and matrix products, 2 per
+    multiply-add; sampling, interpolation and elementwise ops are not counted) instead of timing."""
+
+    @contextmanager
+    def __call__(self, name):
+        with FlopCounterMode(display=False) as counter:
+            yield
+        self.times[name].append(counter.get_total_flops() / 1e9)
 
 
 def yolact_parts(model, x, t):
@@ -211,6 +225,26 @@ def main(argv=None):
     floor = sum(n.get(name, 0) for name in ("backbone to C3", "protonet + head", "decode (Fast NMS, masks)"))
     print(f"\nbackbone to C3 + protonet + head + decode alone (a non-key frame with free flow, warp and FPN): "
           f"{floor:.1f} ms, YOLACT / that = {total(y) / floor:.2f}")
+
+    # the same split in GFLOPs, on one non-key frame: the ratio a non-key frame reaches when every part runs at
+    # the same speed per FLOP (decode and sampling left out on both sides)
+    flops = {"YOLACT": FlopParts(), "non-key": FlopParts(), "warp": FlopParts()}
+    with torch.no_grad():
+        for name, model in (("non-key", edge), ("warp", edge_warp)):
+            st = model.new_state()
+            model.inference([frames[0]], state=st)
+            nonkey_parts(model, frames[1], st.key_features, flops[name])
+        yolact_parts(yolact, frames[1], flops["YOLACT"])
+    y, n, w = (flops[name].medians() for name in ("YOLACT", "non-key", "warp"))
+    print("\nper-part GFLOPs (convolutions and matrix products; one frame)")
+    print("| part | YOLACT frame | non-key frame | non-key frame, warped prototypes |")
+    print("|---|---:|---:|---:|")
+    for name in dict.fromkeys([*y, *n, *w]):
+        if max(y.get(name, 0), n.get(name, 0), w.get(name, 0)) > 0:
+            print(f"| {name} | {y.get(name, 0):.2f} | {n.get(name, 0):.2f} | {w.get(name, 0):.2f} |")
+    print(f"| sum | {total(y):.2f} | {total(n):.2f} | {total(w):.2f} |")
+    print(f"YOLACT / non-key in GFLOPs: {total(y) / total(n):.2f} (computed prototypes), "
+          f"{total(y) / total(w):.2f} (warped prototypes)")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def _write_dataset(tmp_path, mutate=None, n_images=2):
     return str(path), str(images_dir)
 
 
+def _rle(h, w, seed=0):
+    """pycocotools' compressed RLE (str counts) of a random h×w mask."""
+    import pycocotools.mask as mask_util
+
+    m = (np.random.default_rng(seed).random((h, w)) < 0.3).astype(np.uint8)
+    rle = mask_util.encode(np.asfortranarray(m))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
 def _register(tmp_path, mutate=None, **kw):
     json_file, image_root = _write_dataset(tmp_path, mutate, **kw)
     _counter[0] += 1
@@ -62,9 +71,20 @@ def test_valid_dataset_registers_in_one_line_and_loads(tmp_path, caplog):
         (lambda d: d["annotations"].clear(), r"'annotations' is empty"),
         (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), r"annotation id 11.*negative width/height"),
         (lambda d: d["annotations"][0].update(image_id=42), r"annotation id 11 \(image id 42\): image id not in 'images'"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [20, 30], "counts": "garbage!!"}),
+         r"annotation id 11 \(image id 1\): compressed RLE counts are corrupt: character 'r'"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [20, 30], "counts": [100, 20, 30]}),
+         r"annotation id 11.*uncompressed RLE counts add up to 150 pixels, its size 20x30 has 600"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [20, 30], "counts": _rle(40, 30)["counts"]}),
+         r"annotation id 11.*RLE size \[20, 30\] differs|compressed RLE counts add up to 1200"),
+        (lambda d: d["annotations"][0].update(segmentation=_rle(40, 30)),
+         r"annotation id 11.*RLE size \[40, 30\] differs from the image's \[20, 30\]"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [20, 30], "counts": [-5, 605]}),
+         r"annotation id 11.*uncompressed RLE counts must be non-negative integers"),
     ],
     ids=["missing-image", "odd-polygon", "short-polygon", "non-numeric-polygon", "unknown-category",
-         "empty-annotations", "negative-bbox", "dangling-image-id"],
+         "empty-annotations", "negative-bbox", "dangling-image-id", "corrupt-compressed-rle", "rle-sum",
+         "compressed-rle-sum", "rle-size", "negative-rle-count"],
 )
 def test_bad_input_names_file_and_record(tmp_path, mutate, expected):
     name, json_file = _register(tmp_path, mutate)
@@ -91,3 +111,31 @@ def test_unreadable_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DatasetValidationError, match=r"(?s)bad\.json.*not valid JSON"):
         validate_coco_json(str(bad), str(tmp_path))
+
+
+def test_rle_counts_decode_as_pycocotools_encodes():
+    """``decode_rle_counts`` gives the column-major runs of the mask pycocotools encoded, for random masks, blocks,
+    empty and full masks, and long runs (multi-character counts, negative deltas)."""
+    import pycocotools.mask as mask_util
+
+    from segx.data.rle import decode_rle_counts, rle_problems
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((7, 5), np.uint8), np.ones((600, 800), np.uint8)]
+    for _ in range(60):
+        h, w = rng.integers(1, 80, 2)
+        masks.append((rng.random((h, w)) < rng.random()).astype(np.uint8))
+        block = np.zeros((h, w), np.uint8)
+        block[rng.integers(0, h):, rng.integers(0, w):] = 1
+        masks.append(block)
+    for m in masks:
+        flat = m.flatten(order="F")
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        if flat[0] == 1:
+            runs = [0] + runs  # COCO RLE starts with a run of zeros
+        rle = mask_util.encode(np.asfortranarray(m))
+        assert decode_rle_counts(rle["counts"]) == runs
+        assert rle_problems(rle) == [] and rle_problems({**rle, "counts": runs}) == []
+    assert "ends inside a count" in rle_problems({"size": [2, 2], "counts": "P"})[0]
+    assert "size must be [height, width]" in rle_problems({"size": [2], "counts": [4]})[0]

@@ -223,7 +223,8 @@ def test_both_face_loaders_return_the_files_landmarks(tmp_path):
 def test_videos_and_densepose_fields_are_kept_and_logged(tmp_path, cleanup, caplog):
     _images(tmp_path, ["v/0.jpg", "v/1.jpg"])
     dp = {"dp_x": [10.0, 20.0], "dp_y": [5.0, 6.0], "dp_I": [1.0, 2.0], "dp_U": [0.1, 0.2], "dp_V": [0.3, 0.4],
-          "dp_masks": [{"size": [256, 256], "counts": "PPYo1"}] + [[]] * 13}
+          "dp_masks": [{"size": [256, 256],  # a 50x40 block, pycocotools' compressed RLE
+                        "counts": "TSd0b1^6" + "0" * 77 + "llQ1"}] + [[]] * 13}
     data = {"videos": [{"id": 4, "name": "v"}],
             "images": [{"id": 1, "file_name": "v/0.jpg", "width": 64, "height": 48, "video_id": 4, "frame_id": 0},
                        {"id": 2, "file_name": "v/1.jpg", "width": 64, "height": 48, "video_id": 4, "frame_id": 1}],

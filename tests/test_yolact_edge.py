@@ -263,6 +263,7 @@ def _training_losses(stage, **overrides):
     """A tiny YolactEdge in training mode for ``stage`` and its losses on two mapped records of the synthetic videos."""
     cfg = tiny_cfg("yolact_edge", **{"MODEL.YOLACT_EDGE.TRAIN_STAGE": stage, **overrides})
     torch.manual_seed(0)
+    np.random.seed(0)  # the mapper's flip and key-frame offset: the same pairs whatever ran before
     model = build_model(cfg).train()
     mapper = build_mapper(cfg, is_train=True)
     records = DatasetCatalog.get("segx_videos_train")
@@ -297,6 +298,7 @@ def test_video_stage_warped_path_mask_loss(protos):
     """The warped path's mask loss trains the protonet with computed prototypes; with warped ones it does not (they
     are the key frame's, computed without gradients) and reaches the flow net through the prototype warp."""
     model, losses = _training_losses("video", **{"MODEL.YOLACT_EDGE.NONKEY_PROTOTYPES": protos})
+    assert losses["loss_mask"] > 0  # the seeded pairs have matched objects (some flips/offsets leave none)
     losses["loss_mask"].backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any(n.startswith("flow_net.") for n in grads)
@@ -427,7 +429,10 @@ def test_youtube_vis_stream_and_evaluation(tmp_path):
     ("frame_size", r"video id 2, frame 4: image .*vid1/00004.jpg is 64x64, the video is 128x128"),
     ("empty_video", r"video id 3: the video is empty"),
     ("segm_length", r"annotation \(instance\) id 1 \(video id 1\): 'segmentations' has 6 entries, the video has 7"),
-    ("bad_rle", r"annotation \(instance\) id 3 \(video id 2\), frame 1: polygon 0 has 2 points"),
+    ("bad_polygon", r"annotation \(instance\) id 3 \(video id 2\), frame 1: polygon 0 has 2 points"),
+    ("rle_sum", r"annotation \(instance\) id 1 \(video id 1\), frame 2: uncompressed RLE counts add up to 105 "
+                r"pixels, its size 96x128 has 12288"),
+    ("rle_corrupt", r"annotation \(instance\) id 1 \(video id 1\), frame 2: compressed RLE counts are corrupt"),
 ])
 def test_youtube_vis_validation_names_file_video_and_frame(tmp_path, case, pattern):
     def corrupt(data, root):
@@ -439,8 +444,12 @@ def test_youtube_vis_validation_names_file_video_and_frame(tmp_path, case, patte
             data["videos"].append({"id": 3, "height": 128, "width": 128, "length": 0, "file_names": []})
         elif case == "segm_length":
             data["annotations"][0]["segmentations"].pop()
-        elif case == "bad_rle":
+        elif case == "bad_polygon":
             data["annotations"][2]["segmentations"][1] = [[1.0, 2.0, 3.0, 4.0]]
+        elif case == "rle_sum":  # pycocotools would decode past the mask's end
+            data["annotations"][0]["segmentations"][2] = {"size": [96, 128], "counts": [100, 5]}
+        elif case == "rle_corrupt":
+            data["annotations"][0]["segmentations"][2] = {"size": [96, 128], "counts": "~~~~"}
 
     json_file = _write_ytvis(str(tmp_path), corrupt=corrupt)
     with pytest.raises(DatasetValidationError, match=pattern) as e:

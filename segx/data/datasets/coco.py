@@ -27,6 +27,8 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_panoptic
 
+from segx.data.rle import rle_problems
+
 __all__ = [
     "DatasetValidationError",
     "IMAGE_CHECKS",
@@ -109,11 +111,11 @@ def inspect_image_file(path, level="exists", expected_size=None):
     return None, size
 
 
-def _check_segmentation(segm, where):
+def _check_segmentation(segm, where, image_size=None):
+    """Problems with one COCO segmentation (polygons, or RLE checked by ``segx.data.rle.rle_problems``, against
+    ``image_size`` (h, w) when given)."""
     if isinstance(segm, dict):  # RLE
-        if "counts" not in segm or "size" not in segm:
-            return [f"{where}: RLE segmentation needs 'counts' and 'size', has {sorted(segm)}"]
-        return []
+        return [f"{where}: {p}" for p in rle_problems(segm, image_size)]
     if not isinstance(segm, list):
         return [f"{where}: segmentation must be a list of polygons or an RLE dict, got {type(segm).__name__}"]
     problems = []
@@ -193,7 +195,10 @@ def validate_coco_json(json_file, image_root, require_annotations=True, check_im
         elif bbox[2] == 0 or bbox[3] == 0:
             zero_area.append(f"{where}: bbox has zero width or height {bbox}")
         if "segmentation" in ann:
-            problems += _check_segmentation(ann["segmentation"], where)
+            img = images.get(ann.get("image_id"), {})
+            hw = (img.get("height"), img.get("width"))
+            problems += _check_segmentation(ann["segmentation"], where,
+                                            hw if all(isinstance(v, int) for v in hw) else None)
         if "keypoints" in ann and len(ann["keypoints"]) % 3 != 0:
             problems.append(f"{where}: keypoints length {len(ann['keypoints'])} is not a multiple of 3")
         if any(k.startswith("dp_") for k in ann):  # DensePose-COCO fields

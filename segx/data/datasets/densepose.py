@@ -40,6 +40,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from segx.data import synthetic_dense
+from segx.data.rle import rle_problems
 
 __all__ = [
     "DP_KEYS",
@@ -165,17 +166,7 @@ def _check_rle(entry, k):
     if not isinstance(entry, dict) or "counts" not in entry or "size" not in entry:
         kind = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         return [f"dp_masks[{k}] is not RLE (needs 'counts' and 'size', has {kind})"]
-    size = entry["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        return [f"dp_masks[{k}] has RLE size {size!r}; expected [256, 256]"]
-    counts = entry["counts"]
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != size[0] * size[1]:
-            return [f"dp_masks[{k}]: uncompressed RLE counts must be non-negative integers summing to "
-                    f"{size[0]}x{size[1]}"]
-    elif not isinstance(counts, (str, bytes)):
-        return [f"dp_masks[{k}]: RLE counts must be a string or a list of integers, got {type(counts).__name__}"]
-    return []
+    return [f"dp_masks[{k}]: {p}" for p in rle_problems(entry)]
 
 
 def check_densepose_annotation(ann, num_parts=NUM_PARTS):

@@ -128,11 +128,8 @@ def validate_youtube_vis_json(json_file, image_root, check_images=True, check_im
             if seg is None:
                 continue
             fwhere = f"{where}, frame {f}"
-            problems += _check_segmentation(seg, fwhere)
-            size = [video.get("height"), video.get("width")]
-            if isinstance(seg, dict) and "size" in seg and list(seg["size"]) != size:
-                problems.append(f"{fwhere}: RLE size {seg['size']} differs from the video's "
-                                f"[{video.get('height')}, {video.get('width')}]")
+            size = (video.get("height"), video.get("width"))
+            problems += _check_segmentation(seg, fwhere, size if all(isinstance(v, int) for v in size) else None)
             if boxes is not None and boxes[f] is not None:
                 problems += _check_box(boxes[f], fwhere)
     if problems:

@@ -1,6 +1,8 @@
 """Shared fixtures. Tests run on the CPU; CUDA tests skip without a GPU."""
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,8 +26,12 @@ def real_data():
 
 
 @pytest.fixture(autouse=True)
-def _cpu_threads():
+def _seeded():
+    """Every test starts from the same random state (torch, numpy: detectron2's augmentations and segx's mappers
+    draw from numpy's global generator; Python's random), whatever ran before it."""
     torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
     yield
 
 

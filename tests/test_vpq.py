@@ -198,8 +198,7 @@ def test_evaluator_ground_truth_is_100_and_empty_is_0(val_videos, tmp_path):
 def test_evaluator_swapped_track_ids_lower_vpq_not_pq(val_videos):
     # video 1's first two things, swapped from frame 8 on
     things = [s["id"] for s in val_videos[0]["segments_info"] if s["isthing"]]
-    if len(things) < 2:
-        pytest.skip("video 1 of segx_vps_shapes_val has fewer than two things")
+    assert len(things) >= 2, "video 1 of segx_vps_shapes_val (deterministic) should hold two things to swap"
     res = _evaluate(val_videos, _gt_outputs(val_videos, swap=(1, 8, things[0], things[1])))
     assert res["PQ"] == pytest.approx(100) and res["VPQ@0"] == pytest.approx(100)
     for k in (5, 10, 15):
